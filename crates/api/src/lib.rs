@@ -1,0 +1,200 @@
+//! The wire protocols: one module per protocol, each parsing requests into typed operations,
+//! calling the domain, and mapping domain errors to that protocol's wire errors in one place.
+//!
+//! - [`identity`]: Entra-shaped token service, OIDC discovery, JWKS, cloud metadata.
+//! - [`arm`]: Azure Resource Manager (management plane) and Coffer's admin endpoints.
+//! - [`vault`]: the Key Vault data plane (`{vault}.vault.{suffix}`).
+//! - [`blob`]: the Blob data plane listener.
+//! - [`ops`]: health and readiness.
+//!
+//! API modules never name a storage backend: they see the domain's services only.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use coffer_domain::audit::AuditSink;
+use coffer_domain::clock::Clock;
+use coffer_domain::identity::IdentityService;
+use coffer_domain::mgmt::MgmtService;
+
+pub mod arm;
+pub mod blob;
+pub mod body;
+pub mod identity;
+pub mod ops;
+pub mod vault;
+
+/// Public names and origins the server answers to.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `https://127.0.0.1:P`: identity, management, console, ops.
+    pub origin: String,
+    /// `https://127.0.0.1:Q`: blob (path style).
+    pub blob_origin: String,
+    /// DNS suffix, e.g. `coffer.internal`.
+    pub dns_suffix: String,
+    /// Port of the main listener (vault hosts are served there).
+    pub main_port: u16,
+    /// Port of the blob listener.
+    pub blob_port: u16,
+}
+
+impl Endpoints {
+    fn with_port(host: &str, port: u16) -> String {
+        if port == 443 {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+    /// `vault.{suffix}[:port]`.
+    pub fn vault_dns_suffix(&self) -> String {
+        Self::with_port(&format!("vault.{}", self.dns_suffix), self.main_port)
+    }
+    /// `blob.{suffix}[:port]`.
+    pub fn blob_dns_suffix(&self) -> String {
+        Self::with_port(&format!("blob.{}", self.dns_suffix), self.blob_port)
+    }
+    /// The Key Vault resource (challenge `resource=` and token audience).
+    pub fn vault_resource(&self) -> String {
+        format!("https://{}", self.vault_dns_suffix())
+    }
+    /// The vault name when `host` is `{vault}.vault.{suffix}[:port]`.
+    pub fn vault_name_of_host<'a>(&self, host: &'a str) -> Option<&'a str> {
+        let h = strip_port(host);
+        let suffix = format!(".vault.{}", self.dns_suffix);
+        let n = h.len().checked_sub(suffix.len())?;
+        if n > 0 && h[n..].eq_ignore_ascii_case(&suffix) && !h[..n].contains('.') {
+            Some(&h[..n])
+        } else {
+            None
+        }
+    }
+    /// The account name when `host` is `{account}.blob.{suffix}[:port]`.
+    pub fn account_of_host<'a>(&self, host: &'a str) -> Option<&'a str> {
+        let h = strip_port(host);
+        let suffix = format!(".blob.{}", self.dns_suffix);
+        let n = h.len().checked_sub(suffix.len())?;
+        if n > 0 && h[n..].eq_ignore_ascii_case(&suffix) && !h[..n].contains('.') {
+            Some(&h[..n])
+        } else {
+            None
+        }
+    }
+}
+
+/// `host[:port]` → `host` (IPv6 literals in brackets keep their brackets).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..=h.len()])
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+pub struct AppState {
+    pub identity: Arc<IdentityService>,
+    pub mgmt: Arc<MgmtService>,
+    pub audit: Arc<dyn AuditSink>,
+    pub clock: Arc<Clock>,
+    pub endpoints: Endpoints,
+}
+
+/// The client's address, attached to each request by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+pub fn peer_ip(req: &Request) -> String {
+    req.extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+fn host_of(req: &Request) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// The main listener: routes by `Host` to a vault, else by path to identity, management,
+/// admin and ops.
+pub async fn main_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let host = host_of(&req);
+    if let Some(vault) = state
+        .endpoints
+        .vault_name_of_host(&host)
+        .map(str::to_string)
+    {
+        return vault::handle(state, vault, req).await;
+    }
+    let path = req.uri().path().to_string();
+    if let Some(resp) = ops::route(&state, &req, &path) {
+        return resp;
+    }
+    if let Some(endpoint) = identity::Endpoint::parse(req.method(), &path) {
+        return identity::handle(state, endpoint, req).await;
+    }
+    arm::handle(state, req).await
+}
+
+/// The blob listener: host-style or path-style accounts.
+pub async fn blob_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    blob::handle(state, req).await
+}
+
+pub fn main_router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .fallback(main_dispatch)
+        .with_state(state)
+}
+
+pub fn blob_router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .fallback(blob_dispatch)
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep() -> Endpoints {
+        Endpoints {
+            origin: "https://127.0.0.1:8443".into(),
+            blob_origin: "https://127.0.0.1:10000".into(),
+            dns_suffix: "coffer.internal".into(),
+            main_port: 8443,
+            blob_port: 10000,
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let e = ep();
+        assert_eq!(
+            e.vault_name_of_host("kv1.vault.coffer.internal:8443"),
+            Some("kv1")
+        );
+        assert_eq!(
+            e.vault_name_of_host("KV1.VAULT.coffer.internal"),
+            Some("KV1")
+        );
+        assert_eq!(e.vault_name_of_host("vault.coffer.internal"), None);
+        assert_eq!(e.vault_name_of_host("a.b.vault.coffer.internal"), None);
+        assert_eq!(e.vault_name_of_host("127.0.0.1:8443"), None);
+        assert_eq!(
+            e.account_of_host("acct.blob.coffer.internal:10000"),
+            Some("acct")
+        );
+        assert_eq!(e.vault_dns_suffix(), "vault.coffer.internal:8443");
+        assert_eq!(e.vault_resource(), "https://vault.coffer.internal:8443");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

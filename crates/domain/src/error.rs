@@ -1,0 +1,55 @@
+//! Domain errors, named after conditions. Each wire protocol maps them in one exhaustive match.
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("the {kind} name '{name}' is invalid: {rule}")]
+    InvalidName {
+        kind: &'static str,
+        name: String,
+        rule: &'static str,
+    },
+    #[error("{0}")]
+    InvalidProperty(String),
+    #[error(
+        "the location '{location}' is not available for resource type '{resource_type}'; available: {available}"
+    )]
+    LocationNotAvailable {
+        location: String,
+        resource_type: String,
+        available: String,
+    },
+    #[error("subscription '{0}' could not be found")]
+    SubscriptionNotFound(String),
+    #[error("resource group '{0}' could not be found")]
+    ResourceGroupNotFound(String),
+    #[error("the resource '{resource_type}/{name}' was not found")]
+    ResourceNotFound { resource_type: String, name: String },
+    #[error("the role definition '{0}' does not exist")]
+    RoleDefinitionNotFound(String),
+    #[error("principal '{0}' does not exist in the directory")]
+    PrincipalNotFound(String),
+    #[error("the role assignment already exists")]
+    RoleAssignmentExists,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the vault name '{0}' is already in use")]
+    VaultNameInUse(String),
+    #[error(
+        "the client '{principal}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid"
+    )]
+    Forbidden {
+        principal: String,
+        action: String,
+        scope: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, DomainError>;
+
+impl From<coffer_crypto::CryptoError> for DomainError {
+    fn from(e: coffer_crypto::CryptoError) -> Self {
+        DomainError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,116 @@
+//! The records the domain keeps. Times are Unix seconds.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrincipalKind {
+    ServicePrincipal,
+    User,
+    ManagedIdentity,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::ServicePrincipal => "ServicePrincipal",
+            PrincipalKind::User => "User",
+            PrincipalKind::ManagedIdentity => "ManagedIdentity",
+        }
+    }
+}
+
+/// A directory object. Credentials are stored only as verifiers (keyed hash / Argon2id).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Principal {
+    pub object_id: String,
+    pub tenant_id: String,
+    pub kind: PrincipalKind,
+    pub display_name: String,
+    /// Application (client) id: service principals and managed identities.
+    pub client_id: Option<String>,
+    /// Keyed hash of the client secret (service principals).
+    pub secret_verifier: Option<String>,
+    /// Sign-in name (users).
+    pub username: Option<String>,
+    /// Argon2id PHC string (users).
+    pub password_verifier: Option<String>,
+    /// Tenant administrator: may create principals and subscriptions.
+    pub is_admin: bool,
+    /// The ARM resource this identity belongs to (managed identities).
+    pub resource_id: Option<String>,
+    pub created: i64,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("object_id", &self.object_id)
+            .field("kind", &self.kind)
+            .field("display_name", &self.display_name)
+            .field("client_id", &self.client_id)
+            .field("is_admin", &self.is_admin)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscription {
+    pub subscription_id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceGroup {
+    pub subscription_id: String,
+    pub name: String,
+    pub location: String,
+    pub tags: serde_json::Value,
+    pub created: i64,
+}
+
+impl ResourceGroup {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}",
+            self.subscription_id, self.name
+        )
+    }
+}
+
+/// A generic ARM resource: the full wire representation is kept as JSON in `body`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resource {
+    pub id: String,
+    /// Resource type, e.g. `Microsoft.KeyVault/vaults`.
+    pub resource_type: String,
+    pub subscription_id: String,
+    pub resource_group: Option<String>,
+    pub name: String,
+    pub location: Option<String>,
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleAssignment {
+    /// The assignment's GUID (its ARM `name`).
+    pub name: String,
+    /// The scope as given at creation (`/subscriptions/...`).
+    pub scope: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    /// Role definition GUID.
+    pub role_definition_id: String,
+    pub created: i64,
+    pub created_by: String,
+}
+
+impl RoleAssignment {
+    pub fn id(&self) -> String {
+        format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            self.scope.trim_end_matches('/'),
+            self.name
+        )
+    }
+}

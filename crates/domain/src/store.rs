@@ -1,0 +1,58 @@
+//! The metadata store, owned by the domain and implemented by backends (SQLite now,
+//! PostgreSQL later). Identifiers are compared case-insensitively, as ARM does: backends key
+//! resources, groups and scopes by their lower-cased form.
+use async_trait::async_trait;
+
+use crate::Result;
+use crate::model::{Principal, Resource, ResourceGroup, RoleAssignment, Subscription};
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    async fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn put_setting(&self, key: &str, value: &[u8]) -> Result<()>;
+
+    async fn insert_principal(&self, p: &Principal) -> Result<()>;
+    async fn get_principal(&self, object_id: &str) -> Result<Option<Principal>>;
+    async fn find_principal_by_client_id(&self, client_id: &str) -> Result<Option<Principal>>;
+    async fn find_principal_by_username(&self, username: &str) -> Result<Option<Principal>>;
+    async fn delete_principal(&self, object_id: &str) -> Result<()>;
+
+    async fn put_subscription(&self, s: &Subscription) -> Result<()>;
+    async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>>;
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>>;
+
+    /// Insert or replace; returns true when the group did not exist.
+    async fn put_resource_group(&self, g: &ResourceGroup) -> Result<bool>;
+    async fn get_resource_group(&self, sub: &str, name: &str) -> Result<Option<ResourceGroup>>;
+    async fn list_resource_groups(&self, sub: &str) -> Result<Vec<ResourceGroup>>;
+    /// Delete the group with every resource in it and every role assignment under its scope.
+    async fn delete_resource_group(&self, sub: &str, name: &str) -> Result<bool>;
+
+    /// Insert or replace; returns true when the resource did not exist.
+    async fn put_resource(&self, r: &Resource) -> Result<bool>;
+    async fn get_resource(&self, id: &str) -> Result<Option<Resource>>;
+    /// Resources of a subscription, optionally in one group and of one type.
+    async fn list_resources(
+        &self,
+        sub: &str,
+        group: Option<&str>,
+        resource_type: Option<&str>,
+    ) -> Result<Vec<Resource>>;
+    /// Resources of a type across all subscriptions whose name matches (case-insensitive).
+    async fn find_resources_by_name(
+        &self,
+        resource_type: &str,
+        name: &str,
+    ) -> Result<Vec<Resource>>;
+    async fn delete_resource(&self, id: &str) -> Result<bool>;
+
+    /// Insert; fails with `RoleAssignmentExists` on a duplicate name.
+    async fn put_role_assignment(&self, a: &RoleAssignment) -> Result<()>;
+    async fn get_role_assignment(&self, scope: &str, name: &str) -> Result<Option<RoleAssignment>>;
+    async fn list_role_assignments(&self) -> Result<Vec<RoleAssignment>>;
+    async fn list_role_assignments_for_principal(
+        &self,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>>;
+    async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<bool>;
+}

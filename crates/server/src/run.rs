@@ -1,0 +1,181 @@
+//! Running the server: bind, boot, serve, publish `endpoints.json`, wait for a signal, shut
+//! down gracefully.
+//!
+//! The automation contract: once every listener accepts connections the server writes
+//! `DATA_DIR/endpoints.json` atomically (no secrets; real ports even when started on port 0)
+//! and prints one line `COFFER_READY <absolute path of endpoints.json>` on standard output.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use coffer_api::{AppState, Endpoints};
+use coffer_domain::audit::AuditSink;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bootstrap::{BootParams, boot};
+use crate::config::ServerConfig;
+use crate::keyfile::write_private;
+use crate::proxy::{ProxyRoutes, serve as serve_proxy};
+use crate::{listen, tls};
+
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let main_l = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let blob_l = TcpListener::bind(cfg.blob_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.blob_listen))?;
+    let proxy_l = TcpListener::bind(cfg.proxy_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.proxy_listen))?;
+    let (main_a, blob_a, proxy_a) = (
+        main_l.local_addr()?,
+        blob_l.local_addr()?,
+        proxy_l.local_addr()?,
+    );
+    let host = url_host(&cfg.public_host);
+    let endpoints = Endpoints {
+        origin: format!("https://{host}:{}", main_a.port()),
+        blob_origin: format!("https://{host}:{}", blob_a.port()),
+        dns_suffix: cfg.dns_suffix.clone(),
+        main_port: main_a.port(),
+        blob_port: blob_a.port(),
+    };
+    let booted = boot(BootParams {
+        data_dir: &cfg.data_dir,
+        seal_key_file: &cfg.seal_key_file,
+        dns_suffix: &cfg.dns_suffix,
+        origin: &endpoints.origin,
+        vault_dns_suffix: &endpoints.vault_dns_suffix(),
+        regions: cfg.regions.clone(),
+        test_clock: cfg.test_clock,
+    })
+    .await?;
+    let tls = tls::prepare(booted.store.as_ref(), &booted.root, &cfg).await?;
+    if cfg.test_clock {
+        tracing::warn!("the test clock is enabled: administrators can move time forward");
+    }
+
+    let audit: Arc<dyn AuditSink> = booted.store.clone();
+    let state = Arc::new(AppState {
+        identity: booted.identity.clone(),
+        mgmt: booted.mgmt.clone(),
+        audit,
+        clock: booted.clock.clone(),
+        endpoints: endpoints.clone(),
+    });
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(listen::serve_tls(
+        main_l,
+        tls.server_config.clone(),
+        coffer_api::main_router(state.clone()),
+        rx.clone(),
+    ));
+    tasks.spawn(listen::serve_tls(
+        blob_l,
+        tls.server_config.clone(),
+        coffer_api::blob_router(state.clone()),
+        rx.clone(),
+    ));
+    tasks.spawn(serve_proxy(
+        proxy_l,
+        ProxyRoutes {
+            dns_suffix: cfg.dns_suffix.clone(),
+            public_host: cfg.public_host.clone(),
+            main: main_a,
+            blob: blob_a,
+            main_port: main_a.port(),
+            blob_port: blob_a.port(),
+        },
+        rx.clone(),
+    ));
+    // Scheduled purge of soft-deleted vaults.
+    {
+        let mgmt = booted.mgmt.clone();
+        let mut rx = rx.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = mgmt.purge_due_vaults().await {
+                            tracing::error!(error = %e, "scheduled vault purge failed");
+                        }
+                    }
+                    _ = rx.changed() => break,
+                }
+            }
+        });
+    }
+
+    let ep_path = cfg.data_dir.join("endpoints.json");
+    let doc = json!({
+        "version": 1,
+        "tenant_id": booted.tenant_id,
+        "subscription_id": booted.subscription_id,
+        "regions": cfg.regions,
+        "authority": endpoints.origin,
+        "management": endpoints.origin,
+        "blob": endpoints.blob_origin,
+        "vault_dns_suffix": endpoints.vault_dns_suffix(),
+        "blob_dns_suffix": endpoints.blob_dns_suffix(),
+        "proxy": format!("http://{}", proxy_a),
+        "console": format!("{}/console", endpoints.origin),
+        "metrics": format!("{}/metrics", endpoints.origin),
+        "ca_cert": tls.ca_cert_path,
+    });
+    write_endpoints(&ep_path, &serde_json::to_vec_pretty(&doc)?)?;
+    tracing::info!(
+        management = %endpoints.origin, blob = %endpoints.blob_origin, proxy = %proxy_a,
+        data_dir = %cfg.data_dir.display(), "Coffer is ready"
+    );
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "COFFER_READY {}", ep_path.display())?;
+        out.flush()?;
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    booted.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_endpoints(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
+    // Not secret, but written atomically like the secret files so readers never see half a file.
+    write_private(path, bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

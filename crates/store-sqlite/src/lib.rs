@@ -1,0 +1,515 @@
+//! SQLite metadata backend (the embedded default), through sqlx.
+//!
+//! WAL journal, `synchronous=FULL` (a committed write survives power loss), foreign keys on.
+//! Records are JSON documents keyed by lower-cased identifiers; dialect details stay here.
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use coffer_domain::audit::{AuditRecord, AuditSink};
+use coffer_domain::model::{Principal, Resource, ResourceGroup, RoleAssignment, Subscription};
+use coffer_domain::rbac::normalize_scope;
+use coffer_domain::store::MetaStore;
+use coffer_domain::{DomainError, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db_err(e: sqlx::Error) -> DomainError {
+    DomainError::Internal(format!("metadata store: {e}"))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| DomainError::Internal(format!("encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| DomainError::Internal(format!("decode: {e}")))
+}
+
+fn lc(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file and apply pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .map_err(db_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| DomainError::Internal(format!("migrations: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory database (tests).
+    pub async fn memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db_err)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(db_err)?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| DomainError::Internal(format!("migrations: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn fetch_data<T: DeserializeOwned>(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Option<T>> {
+        match q.fetch_optional(&self.pool).await.map_err(db_err)? {
+            Some(row) => Ok(Some(from_json(row.get::<&str, _>("data"))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn fetch_all_data<T: DeserializeOwned>(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Vec<T>> {
+        q.fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| from_json(r.get::<&str, _>("data")))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| r.get::<Vec<u8>, _>("value")))
+    }
+
+    async fn put_setting(&self, key: &str, value: &[u8]) -> Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn insert_principal(&self, p: &Principal) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO principals (object_id, client_id, username, data) VALUES (?, ?, ?, ?)",
+        )
+        .bind(lc(&p.object_id))
+        .bind(p.client_id.as_deref().map(lc))
+        .bind(p.username.as_deref().map(lc))
+        .bind(to_json(p)?)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(DomainError::Conflict(
+                "a principal with this name or id already exists".into(),
+            )),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn get_principal(&self, object_id: &str) -> Result<Option<Principal>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM principals WHERE object_id = ?").bind(lc(object_id)),
+        )
+        .await
+    }
+
+    async fn find_principal_by_client_id(&self, client_id: &str) -> Result<Option<Principal>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM principals WHERE client_id = ?").bind(lc(client_id)),
+        )
+        .await
+    }
+
+    async fn find_principal_by_username(&self, username: &str) -> Result<Option<Principal>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM principals WHERE username = ?").bind(lc(username)),
+        )
+        .await
+    }
+
+    async fn delete_principal(&self, object_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM principals WHERE object_id = ?")
+            .bind(lc(object_id))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn put_subscription(&self, s: &Subscription) -> Result<()> {
+        sqlx::query("INSERT INTO subscriptions (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data")
+            .bind(lc(&s.subscription_id))
+            .bind(to_json(s)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_subscription(&self, id: &str) -> Result<Option<Subscription>> {
+        self.fetch_data(sqlx::query("SELECT data FROM subscriptions WHERE id = ?").bind(lc(id)))
+            .await
+    }
+
+    async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        self.fetch_all_data(sqlx::query("SELECT data FROM subscriptions ORDER BY id"))
+            .await
+    }
+
+    async fn put_resource_group(&self, g: &ResourceGroup) -> Result<bool> {
+        let existed = self
+            .get_resource_group(&g.subscription_id, &g.name)
+            .await?
+            .is_some();
+        sqlx::query("INSERT INTO resource_groups (sub, name, data) VALUES (?, ?, ?) ON CONFLICT(sub, name) DO UPDATE SET data = excluded.data")
+            .bind(lc(&g.subscription_id))
+            .bind(lc(&g.name))
+            .bind(to_json(g)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(!existed)
+    }
+
+    async fn get_resource_group(&self, sub: &str, name: &str) -> Result<Option<ResourceGroup>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM resource_groups WHERE sub = ? AND name = ?")
+                .bind(lc(sub))
+                .bind(lc(name)),
+        )
+        .await
+    }
+
+    async fn list_resource_groups(&self, sub: &str) -> Result<Vec<ResourceGroup>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM resource_groups WHERE sub = ? ORDER BY name")
+                .bind(lc(sub)),
+        )
+        .await
+    }
+
+    async fn delete_resource_group(&self, sub: &str, name: &str) -> Result<bool> {
+        let scope = normalize_scope(&format!("/subscriptions/{sub}/resourceGroups/{name}"));
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM resource_groups WHERE sub = ? AND name = ?")
+            .bind(lc(sub))
+            .bind(lc(name))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        sqlx::query("DELETE FROM resources WHERE sub = ? AND rg = ?")
+            .bind(lc(sub))
+            .bind(lc(name))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("DELETE FROM role_assignments WHERE scope = ? OR substr(scope, 1, ?) = ?")
+            .bind(&scope)
+            .bind(scope.len() as i64 + 1)
+            .bind(format!("{scope}/"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn put_resource(&self, r: &Resource) -> Result<bool> {
+        let existed = self.get_resource(&r.id).await?.is_some();
+        sqlx::query("INSERT INTO resources (id, type, sub, rg, name, data) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data")
+            .bind(lc(&r.id))
+            .bind(lc(&r.resource_type))
+            .bind(lc(&r.subscription_id))
+            .bind(r.resource_group.as_deref().map(lc))
+            .bind(lc(&r.name))
+            .bind(to_json(r)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(!existed)
+    }
+
+    async fn get_resource(&self, id: &str) -> Result<Option<Resource>> {
+        self.fetch_data(sqlx::query("SELECT data FROM resources WHERE id = ?").bind(lc(id)))
+            .await
+    }
+
+    async fn list_resources(
+        &self,
+        sub: &str,
+        group: Option<&str>,
+        resource_type: Option<&str>,
+    ) -> Result<Vec<Resource>> {
+        self.fetch_all_data(
+            sqlx::query(
+                "SELECT data FROM resources WHERE sub = ? AND (? IS NULL OR rg = ?) AND (? IS NULL OR type = ?) ORDER BY id",
+            )
+            .bind(lc(sub))
+            .bind(group.map(lc))
+            .bind(group.map(lc))
+            .bind(resource_type.map(lc))
+            .bind(resource_type.map(lc)),
+        )
+        .await
+    }
+
+    async fn find_resources_by_name(
+        &self,
+        resource_type: &str,
+        name: &str,
+    ) -> Result<Vec<Resource>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM resources WHERE type = ? AND name = ? ORDER BY id")
+                .bind(lc(resource_type))
+                .bind(lc(name)),
+        )
+        .await
+    }
+
+    async fn delete_resource(&self, id: &str) -> Result<bool> {
+        let scope = normalize_scope(id);
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM resources WHERE id = ?")
+            .bind(lc(id))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        // Assignments at or under a deleted resource go with it.
+        sqlx::query("DELETE FROM role_assignments WHERE scope = ? OR substr(scope, 1, ?) = ?")
+            .bind(&scope)
+            .bind(scope.len() as i64 + 1)
+            .bind(format!("{scope}/"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn put_role_assignment(&self, a: &RoleAssignment) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO role_assignments (scope, name, principal_id, data) VALUES (?, ?, ?, ?)",
+        )
+        .bind(normalize_scope(&a.scope))
+        .bind(lc(&a.name))
+        .bind(lc(&a.principal_id))
+        .bind(to_json(a)?)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Err(DomainError::RoleAssignmentExists)
+            }
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn get_role_assignment(&self, scope: &str, name: &str) -> Result<Option<RoleAssignment>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM role_assignments WHERE scope = ? AND name = ?")
+                .bind(normalize_scope(scope))
+                .bind(lc(name)),
+        )
+        .await
+    }
+
+    async fn list_role_assignments(&self) -> Result<Vec<RoleAssignment>> {
+        self.fetch_all_data(sqlx::query(
+            "SELECT data FROM role_assignments ORDER BY scope, name",
+        ))
+        .await
+    }
+
+    async fn list_role_assignments_for_principal(
+        &self,
+        principal_id: &str,
+    ) -> Result<Vec<RoleAssignment>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM role_assignments WHERE principal_id = ?")
+                .bind(lc(principal_id)),
+        )
+        .await
+    }
+
+    async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM role_assignments WHERE scope = ? AND name = ?")
+            .bind(normalize_scope(scope))
+            .bind(lc(name))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        Ok(n > 0)
+    }
+}
+
+#[async_trait]
+impl AuditSink for SqliteStore {
+    async fn record(&self, rec: &AuditRecord) -> Result<()> {
+        sqlx::query("INSERT INTO audit (time, data) VALUES (?, ?)")
+            .bind(rec.time)
+            .bind(to_json(rec)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// Audit records in order (the query API comes with the audit issue).
+    pub async fn audit_records(&self) -> Result<Vec<serde_json::Value>> {
+        self.fetch_all_data(sqlx::query("SELECT data FROM audit ORDER BY seq"))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_domain::model::PrincipalKind;
+
+    fn principal(id: &str, client: &str) -> Principal {
+        Principal {
+            object_id: id.into(),
+            tenant_id: "t".into(),
+            kind: PrincipalKind::ServicePrincipal,
+            display_name: "x".into(),
+            client_id: Some(client.into()),
+            secret_verifier: None,
+            username: None,
+            password_verifier: None,
+            is_admin: false,
+            resource_id: None,
+            created: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn principals_and_assignments_round_trip() -> Result<()> {
+        let s = SqliteStore::memory().await?;
+        s.insert_principal(&principal("P1", "C1")).await?;
+        assert!(s.insert_principal(&principal("p2", "c1")).await.is_err());
+        assert_eq!(
+            s.find_principal_by_client_id("c1")
+                .await?
+                .map(|p| p.object_id),
+            Some("P1".into())
+        );
+        let a = RoleAssignment {
+            name: "n1".into(),
+            scope: "/subscriptions/S/resourceGroups/RG".into(),
+            principal_id: "P1".into(),
+            principal_type: "ServicePrincipal".into(),
+            role_definition_id: "r".into(),
+            created: 0,
+            created_by: "x".into(),
+        };
+        s.put_role_assignment(&a).await?;
+        assert!(matches!(
+            s.put_role_assignment(&a).await,
+            Err(DomainError::RoleAssignmentExists)
+        ));
+        assert_eq!(s.list_role_assignments_for_principal("p1").await?.len(), 1);
+        assert!(
+            s.get_role_assignment("/subscriptions/s/resourcegroups/rg/", "N1")
+                .await?
+                .is_some()
+        );
+        s.put_resource_group(&ResourceGroup {
+            subscription_id: "S".into(),
+            name: "RG".into(),
+            location: "eastus".into(),
+            tags: serde_json::json!({}),
+            created: 0,
+        })
+        .await?;
+        assert!(s.delete_resource_group("s", "rg").await?);
+        assert!(s.list_role_assignments().await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resources_are_case_insensitive() -> Result<()> {
+        let s = SqliteStore::memory().await?;
+        let r = Resource {
+            id: "/subscriptions/S/resourceGroups/RG/providers/Microsoft.KeyVault/vaults/KV".into(),
+            resource_type: "Microsoft.KeyVault/vaults".into(),
+            subscription_id: "S".into(),
+            resource_group: Some("RG".into()),
+            name: "KV".into(),
+            location: Some("eastus".into()),
+            body: serde_json::json!({"a": 1}),
+        };
+        assert!(s.put_resource(&r).await?);
+        assert!(!s.put_resource(&r).await?);
+        assert!(s.get_resource(&r.id.to_lowercase()).await?.is_some());
+        assert_eq!(
+            s.list_resources("s", Some("rg"), Some("microsoft.keyvault/VAULTS"))
+                .await?
+                .len(),
+            1
+        );
+        assert_eq!(s.list_resources("s", None, None).await?.len(), 1);
+        assert_eq!(
+            s.find_resources_by_name("Microsoft.KeyVault/vaults", "kv")
+                .await?
+                .len(),
+            1
+        );
+        assert!(s.delete_resource(&r.id).await?);
+        Ok(())
+    }
+}
