@@ -167,7 +167,7 @@ impl ArmOp {
         let segs: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s))
+            .map(percent_decode)
             .collect();
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         let m = method.clone();
@@ -503,12 +503,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -812,11 +813,8 @@ async fn execute(
                 Err(e) => return Err(e),
             },
             ArmOp::DeleteGroup { sub, rg } => {
-                if m.delete_group(caller, sub, rg).await? {
-                    respond(StatusCode::OK, None, rid)
-                } else {
-                    respond(StatusCode::NO_CONTENT, None, rid)
-                }
+                m.delete_group(caller, sub, rg).await?;
+                respond(StatusCode::OK, None, rid)
             }
             ArmOp::ListResources { sub, rg } => list(
                 m.list_generic(caller, sub, rg.as_deref(), filter).await?,

@@ -40,7 +40,7 @@ struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (identity, management, vault, blob, console, CONNECT proxy).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Service principals.
     Sp {
         #[command(subcommand)]
@@ -113,7 +113,7 @@ async fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => {
-            let cfg = ServerConfig::resolve(args)?;
+            let cfg = ServerConfig::resolve(*args)?;
             init_tracing(&cfg.log);
             coffer_server::run(cfg).await
         }

@@ -176,7 +176,7 @@ impl MgmtService {
 
     fn check_location(&self, location: &str, resource_type: &str) -> Result<String> {
         let norm = location.replace(' ', "").to_ascii_lowercase();
-        if self.config.regions.iter().any(|r| *r == norm) {
+        if self.config.regions.contains(&norm) {
             Ok(norm)
         } else {
             Err(DomainError::LocationNotAvailable {
@@ -372,13 +372,13 @@ impl MgmtService {
         let location = self.check_location(location, "resourceGroups")?;
         let tags = body.tags()?;
         let existing = self.store.get_resource_group(sub, name).await?;
-        if let Some(e) = &existing {
-            if e.location != location {
-                return Err(DomainError::Conflict(format!(
-                    "Invalid resource group location '{location}'. The Resource group already exists in location '{}'.",
-                    e.location
-                )));
-            }
+        if let Some(e) = &existing
+            && e.location != location
+        {
+            return Err(DomainError::Conflict(format!(
+                "Invalid resource group location '{location}'. The Resource group already exists in location '{}'.",
+                e.location
+            )));
         }
         let g = ResourceGroup {
             subscription_id: sub.into(),
@@ -460,7 +460,7 @@ impl MgmtService {
         )
         .await?;
         if self.store.get_resource_group(sub, name).await?.is_none() {
-            return Ok(false);
+            return Err(DomainError::ResourceGroupNotFound(name.to_string()));
         }
         for r in self.store.list_resources(sub, Some(name), None).await? {
             if r.resource_type.eq_ignore_ascii_case(VAULT_TYPE) {
@@ -676,13 +676,13 @@ impl MgmtService {
                 }
             }
         };
-        if let Some(e) = &existing {
-            if e.location.as_deref() != Some(location.as_str()) {
-                return Err(bad(format!(
-                    "the vault '{name}' exists in location '{}'; its location cannot change",
-                    e.location.clone().unwrap_or_default()
-                )));
-            }
+        if let Some(e) = &existing
+            && e.location.as_deref() != Some(location.as_str())
+        {
+            return Err(bad(format!(
+                "the vault '{name}' exists in location '{}'; its location cannot change",
+                e.location.clone().unwrap_or_default()
+            )));
         }
         self.apply_vault_properties(
             &mut base,

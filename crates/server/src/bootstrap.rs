@@ -62,6 +62,16 @@ pub fn unseal(data_dir: &Path, seal_key_file: &Path) -> anyhow::Result<SealingKe
         .map_err(|e| anyhow!("unsealing: {e}"))
 }
 
+/// The token-signing key in PKCS#8 DER (for tests that prove it never reaches disk in clear).
+pub async fn unseal_signing_key(store: &dyn MetaStore, root: &SealingKey) -> anyhow::Result<coffer_secret::SecretBytes> {
+    let sealed = store
+        .get_setting("identity.signing_key")
+        .await?
+        .ok_or_else(|| anyhow!("no signing key"))?;
+    root.open(SIGNING_KEY_AAD, &sealed)
+        .map_err(|_| anyhow!("the signing key cannot be unsealed"))
+}
+
 pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
     prepare_data_dir(p.data_dir)?;
     let root = unseal(p.data_dir, p.seal_key_file)?;
