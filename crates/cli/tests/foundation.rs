@@ -16,7 +16,11 @@ fn bin() -> PathBuf {
 fn coffer(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Value> {
     let mut child = Command::new(bin())
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -42,17 +46,37 @@ async fn endpoints_file_follows_the_contract() -> anyhow::Result<()> {
     for k in ["authority", "management", "blob", "console", "metrics"] {
         let v = e[k].as_str().unwrap_or_default();
         assert!(v.starts_with("https://127.0.0.1:"), "{k} = {v}");
-        assert!(!v.ends_with(":0") && !v.contains(":0/"), "{k} reports port 0");
+        assert!(
+            !v.ends_with(":0") && !v.contains(":0/"),
+            "{k} reports port 0"
+        );
     }
-    assert!(e["proxy"].as_str().unwrap_or_default().starts_with("http://127.0.0.1:"));
-    let port = s.endpoint("management").rsplit(':').next().unwrap_or_default().to_string();
-    assert_eq!(s.endpoint("vault_dns_suffix"), format!("vault.coffer.internal:{port}"));
+    assert!(
+        e["proxy"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("http://127.0.0.1:")
+    );
+    let port = s
+        .endpoint("management")
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        s.endpoint("vault_dns_suffix"),
+        format!("vault.coffer.internal:{port}")
+    );
     assert!(Path::new(&s.endpoint("ca_cert")).is_absolute());
     let text = std::fs::read_to_string(s.data_dir().join("endpoints.json"))?;
     let creds = s.admin_credentials()?;
     assert!(!text.contains(creds["client_secret"].as_str().unwrap_or("x")));
     // health
-    let r = s.http()?.get(format!("{}/healthz", s.endpoint("management"))).send().await?;
+    let r = s
+        .http()?
+        .get(format!("{}/healthz", s.endpoint("management")))
+        .send()
+        .await?;
     assert_eq!(r.status(), 200);
     assert_eq!(s.stop()?, Some(0));
     Ok(())
@@ -63,32 +87,72 @@ async fn cli_creates_principals_as_the_local_administrator() -> anyhow::Result<(
     let mut s = TestServer::start(&bin(), &[])?;
     let dir = s.data_dir();
     let dir = dir.to_str().unwrap_or_default();
-    let sp = coffer(&["sp", "create", "--name", "ci-app", "-o", "json", "--data-dir", dir], None)?;
+    let sp = coffer(
+        &[
+            "sp",
+            "create",
+            "--name",
+            "ci-app",
+            "-o",
+            "json",
+            "--data-dir",
+            dir,
+        ],
+        None,
+    )?;
     for k in ["client_id", "client_secret", "object_id"] {
-        assert!(sp[k].as_str().is_some_and(|v| !v.is_empty()), "missing {k}: {sp}");
+        assert!(
+            sp[k].as_str().is_some_and(|v| !v.is_empty()),
+            "missing {k}: {sp}"
+        );
     }
     // The new principal signs in; it holds no role, so ARM writes are denied.
     let token = s
-        .token(sp["client_id"].as_str().unwrap_or_default(), sp["client_secret"].as_str().unwrap_or_default(), ARM_SCOPE)
+        .token(
+            sp["client_id"].as_str().unwrap_or_default(),
+            sp["client_secret"].as_str().unwrap_or_default(),
+            ARM_SCOPE,
+        )
         .await?;
     let url = format!(
         "{}/subscriptions/{}/resourcegroups/rg1?api-version=2024-11-01",
         s.endpoint("management"),
         s.endpoint("subscription_id")
     );
-    let r = s.http()?.put(&url).bearer_auth(&token).json(&serde_json::json!({"location": "eastus"})).send().await?;
+    let r = s
+        .http()?
+        .put(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"location": "eastus"}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await?;
     assert_eq!(body["error"]["code"], "AuthorizationFailed");
 
     let user = coffer(
-        &["user", "create", "--name", "alice", "--password-stdin", "--data-dir", dir],
+        &[
+            "user",
+            "create",
+            "--name",
+            "alice",
+            "--password-stdin",
+            "--data-dir",
+            dir,
+        ],
         Some("correct horse battery staple\n"),
     )?;
     assert_eq!(user["username"], "alice");
     assert!(user.get("password").is_none());
-    let generated = coffer(&["user", "create", "--name", "bob", "--data-dir", dir], None)?;
-    assert!(generated["password"].as_str().is_some_and(|p| p.len() >= 32));
+    let generated = coffer(
+        &["user", "create", "--name", "bob", "--data-dir", dir],
+        None,
+    )?;
+    assert!(
+        generated["password"]
+            .as_str()
+            .is_some_and(|p| p.len() >= 32)
+    );
     // A duplicate user is a clear error, not a crash.
     let dup = Command::new(bin())
         .args(["user", "create", "--name", "alice", "--data-dir", dir])
@@ -132,7 +196,17 @@ async fn data_directory_holds_no_secret_in_clear() -> anyhow::Result<()> {
     let mut s = TestServer::start(&bin(), &[])?;
     let dir = s.data_dir();
     let creds = s.admin_credentials()?;
-    let sp = coffer(&["sp", "create", "--name", "x", "--data-dir", dir.to_str().unwrap_or_default()], None)?;
+    let sp = coffer(
+        &[
+            "sp",
+            "create",
+            "--name",
+            "x",
+            "--data-dir",
+            dir.to_str().unwrap_or_default(),
+        ],
+        None,
+    )?;
     // Some traffic, so that tokens and audit records exist.
     let token = s.admin_token().await?;
     let url = format!(
@@ -140,7 +214,13 @@ async fn data_directory_holds_no_secret_in_clear() -> anyhow::Result<()> {
         s.endpoint("management"),
         s.endpoint("subscription_id")
     );
-    let r = s.http()?.put(&url).bearer_auth(&token).json(&serde_json::json!({"location": "eastus"})).send().await?;
+    let r = s
+        .http()?
+        .put(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"location": "eastus"}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 201);
     assert_eq!(s.stop()?, Some(0));
 
@@ -165,7 +245,10 @@ async fn data_directory_holds_no_secret_in_clear() -> anyhow::Result<()> {
     for k in ["client_secret", "password"] {
         add(k, creds[k].as_str().unwrap_or("missing").as_bytes());
     }
-    add("new SP secret", sp["client_secret"].as_str().unwrap_or("missing").as_bytes());
+    add(
+        "new SP secret",
+        sp["client_secret"].as_str().unwrap_or("missing").as_bytes(),
+    );
 
     let files = files_under(&dir);
     assert!(files.len() >= 4, "{files:?}");
@@ -191,14 +274,26 @@ async fn restart_keeps_identity_and_data() -> anyhow::Result<()> {
     let tenant = s.endpoint("tenant_id");
     let sub = s.endpoint("subscription_id");
     let token = s.admin_token().await?;
-    let url = format!("{}/subscriptions/{sub}/resourcegroups/keep?api-version=2024-11-01", s.endpoint("management"));
-    let r = s.http()?.put(&url).bearer_auth(&token).json(&serde_json::json!({"location": "westus"})).send().await?;
+    let url = format!(
+        "{}/subscriptions/{sub}/resourcegroups/keep?api-version=2024-11-01",
+        s.endpoint("management")
+    );
+    let r = s
+        .http()?
+        .put(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"location": "westus"}))
+        .send()
+        .await?;
     assert_eq!(r.status(), 201);
     s.restart()?;
     assert_eq!(s.endpoint("tenant_id"), tenant);
     assert_eq!(s.endpoint("subscription_id"), sub);
     // The old token is still valid (the issuer does not depend on the port).
-    let url = format!("{}/subscriptions/{sub}/resourcegroups/keep?api-version=2024-11-01", s.endpoint("management"));
+    let url = format!(
+        "{}/subscriptions/{sub}/resourcegroups/keep?api-version=2024-11-01",
+        s.endpoint("management")
+    );
     let r = s.http()?.get(&url).bearer_auth(&token).send().await?;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await?;

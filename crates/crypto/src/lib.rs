@@ -9,6 +9,8 @@
 pub mod aead;
 pub mod b64;
 pub mod jwt;
+pub mod keys;
+pub mod kw;
 pub mod password;
 pub mod random;
 

@@ -63,7 +63,10 @@ pub fn unseal(data_dir: &Path, seal_key_file: &Path) -> anyhow::Result<SealingKe
 }
 
 /// The token-signing key in PKCS#8 DER (for tests that prove it never reaches disk in clear).
-pub async fn unseal_signing_key(store: &dyn MetaStore, root: &SealingKey) -> anyhow::Result<coffer_secret::SecretBytes> {
+pub async fn unseal_signing_key(
+    store: &dyn MetaStore,
+    root: &SealingKey,
+) -> anyhow::Result<coffer_secret::SecretBytes> {
     let sealed = store
         .get_setting("identity.signing_key")
         .await?

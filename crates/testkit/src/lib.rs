@@ -40,7 +40,14 @@ impl TestServer {
             .arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--listen", "127.0.0.1:0", "--blob-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--blob-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+            ])
             .args(&self.args)
             .env_remove("COFFER_CONFIG")
             .stdin(Stdio::null())
@@ -95,8 +102,17 @@ impl TestServer {
     }
 
     /// A token for `scope` with the client-credentials grant.
-    pub async fn token(&self, client_id: &str, secret: &str, scope: &str) -> anyhow::Result<String> {
-        let url = format!("{}/{}/oauth2/v2.0/token", self.endpoint("authority"), self.endpoint("tenant_id"));
+    pub async fn token(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+    ) -> anyhow::Result<String> {
+        let url = format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.endpoint("authority"),
+            self.endpoint("tenant_id")
+        );
         let resp = self
             .http()?
             .post(url)
@@ -132,7 +148,10 @@ impl TestServer {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
         let status = child.wait()?;
         Ok(status.code())
     }
