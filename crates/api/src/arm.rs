@@ -577,6 +577,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
         DomainError::VaultNameInUse(_) => (StatusCode::CONFLICT, "VaultAlreadyExists"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationFailed"),
+        DomainError::VaultNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
         DomainError::Internal(detail) => {
             tracing::error!(request_id, detail = %detail, "internal error");
             return arm_error(
@@ -948,7 +951,13 @@ async fn execute(
             }
             ArmOp::AdminCreateServicePrincipal => admin_create_sp(state, caller, body, rid).await?,
             ArmOp::AdminCreateUser => admin_create_user(state, caller, body, rid).await?,
-            ArmOp::AdminAdvanceClock => admin_clock(state, caller, body, rid)?,
+            ArmOp::AdminAdvanceClock => {
+                let r = admin_clock(state, caller, body, rid)?;
+                if r.status().is_success() {
+                    crate::run_due_work(state).await;
+                }
+                r
+            }
         })
     }
     .await;

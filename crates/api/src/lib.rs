@@ -16,6 +16,7 @@ use axum::response::Response;
 use coffer_domain::audit::AuditSink;
 use coffer_domain::clock::Clock;
 use coffer_domain::identity::IdentityService;
+use coffer_domain::keyvault::KeyVaultService;
 use coffer_domain::mgmt::MgmtService;
 
 pub mod arm;
@@ -98,6 +99,7 @@ pub fn strip_port(host: &str) -> &str {
 pub struct AppState {
     pub identity: Arc<IdentityService>,
     pub mgmt: Arc<MgmtService>,
+    pub keyvault: Arc<KeyVaultService>,
     pub audit: Arc<dyn AuditSink>,
     pub clock: Arc<Clock>,
     pub endpoints: Endpoints,
@@ -147,6 +149,21 @@ pub async fn main_dispatch(State(state): State<Arc<AppState>>, req: Request) -> 
 /// The blob listener: host-style or path-style accounts.
 pub async fn blob_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     blob::handle(state, req).await
+}
+
+/// Due background work: purge soft-deleted vaults and keys past their date, rotate keys whose
+/// rotation policy says so. Run periodically, and at once after the test clock moves.
+pub async fn run_due_work(state: &AppState) {
+    match state.mgmt.purge_due_vaults().await {
+        Ok(n) if n > 0 => tracing::info!(purged = n, "purged deleted vaults past their date"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "scheduled vault purge failed"),
+    }
+    match state.keyvault.run_due().await {
+        Ok((p, r)) if p + r > 0 => tracing::info!(purged = p, rotated = r, "key maintenance"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "scheduled key maintenance failed"),
+    }
 }
 
 pub fn main_router(state: Arc<AppState>) -> axum::Router {

@@ -551,7 +551,7 @@ impl LoadedKey {
                         };
                         let ctx = EncryptionContext::Iv128(FixedLength::from(iv16));
                         let value = if mode == "CBC" {
-                            if plaintext.is_empty() || plaintext.len() % 16 != 0 {
+                            if plaintext.is_empty() || !plaintext.len().is_multiple_of(16) {
                                 return Err(invalid(
                                     "A*CBC needs a plaintext that is a non-empty multiple of 16 bytes; use A*CBCPAD",
                                 ));
@@ -668,7 +668,7 @@ impl LoadedKey {
                             .ok_or_else(|| invalid("'iv' is required for CBC decryption"))?
                             .try_into()
                             .map_err(|_| invalid("the IV must be 16 bytes"))?;
-                        if ciphertext.is_empty() || ciphertext.len() % 16 != 0 {
+                        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
                             return Err(invalid(
                                 "the ciphertext must be a non-empty multiple of 16 bytes",
                             ));

@@ -24,7 +24,7 @@ fn alg(kek: &[u8]) -> Result<&'static aws_lc_rs::cipher::Algorithm, KeyError> {
 }
 
 pub fn wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-    if plaintext.len() < 16 || plaintext.len() % 8 != 0 || plaintext.len() > 4096 {
+    if plaintext.len() < 16 || !plaintext.len().is_multiple_of(8) || plaintext.len() > 4096 {
         return Err(KeyError::Invalid(
             "the key to wrap must be 16 to 4096 bytes, a multiple of 8".into(),
         ));
@@ -62,7 +62,7 @@ pub fn wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
 }
 
 pub fn unwrap(kek: &[u8], wrapped: &[u8]) -> Result<SecretBytes, KeyError> {
-    if wrapped.len() < 24 || wrapped.len() % 8 != 0 || wrapped.len() > 4104 {
+    if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) || wrapped.len() > 4104 {
         return Err(KeyError::Invalid(
             "the wrapped key must be 24 to 4104 bytes, a multiple of 8".into(),
         ));

@@ -42,6 +42,14 @@ pub enum DomainError {
         action: String,
         scope: String,
     },
+    #[error("the vault '{0}' was not found")]
+    VaultNotFound(String),
+    #[error("{0}")]
+    KeyNotFound(String),
+    /// The key's state forbids the operation (disabled, expired, not yet valid, key_ops,
+    /// purge protection): 403 on the wire.
+    #[error("{0}")]
+    OperationNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

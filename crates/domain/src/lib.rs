@@ -8,6 +8,7 @@ pub mod audit;
 pub mod clock;
 pub mod error;
 pub mod identity;
+pub mod keyvault;
 pub mod mgmt;
 pub mod model;
 pub mod names;

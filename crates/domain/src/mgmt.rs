@@ -1058,6 +1058,8 @@ impl MgmtService {
             )));
         }
         self.store.delete_resource(&d.id).await?;
+        // Purging a vault purges its keys: crypto-shredding of everything they protect.
+        self.store.purge_vault_keys(&d.name).await?;
         Ok(())
     }
 
@@ -1077,6 +1079,7 @@ impl MgmtService {
                     <= now
                 {
                     self.store.delete_resource(&d.id).await?;
+                    self.store.purge_vault_keys(&d.name).await?;
                     n += 1;
                 }
             }

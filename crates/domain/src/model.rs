@@ -114,3 +114,60 @@ impl RoleAssignment {
         )
     }
 }
+
+/// One version of a vault key. The private material is stored only sealed under the root key
+/// (associated data `vault-key:{vault}/{name}/{version}`, lower-cased).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyVersion {
+    /// Vault name, lower-case.
+    pub vault: String,
+    /// Key name as first created.
+    pub name: String,
+    pub version: String,
+    /// `RSA`, `RSA-HSM`, `EC`, `EC-HSM`, `oct` or `oct-HSM`.
+    pub kty: String,
+    pub key_size: Option<u32>,
+    pub crv: Option<String>,
+    pub key_ops: Vec<String>,
+    pub public: coffer_crypto::keys::PublicJwk,
+    /// base64 of the sealed material.
+    pub sealed: String,
+    pub enabled: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
+    pub tags: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedKeyInfo {
+    pub deleted_date: i64,
+    pub scheduled_purge: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LifetimeAction {
+    /// `Rotate` or `Notify`.
+    pub action: String,
+    pub time_after_create: Option<String>,
+    pub time_before_expiry: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotationPolicy {
+    pub lifetime_actions: Vec<LifetimeAction>,
+    pub expiry_time: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// A key name in a vault: its deletion state and rotation policy (versions are separate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub vault: String,
+    pub name: String,
+    pub deleted: Option<DeletedKeyInfo>,
+    pub policy: Option<RotationPolicy>,
+    pub created: i64,
+}

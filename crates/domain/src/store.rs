@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 
 use crate::Result;
-use crate::model::{Principal, Resource, ResourceGroup, RoleAssignment, Subscription};
+use crate::model::{
+    KeyRecord, KeyVersion, Principal, Resource, ResourceGroup, RoleAssignment, Subscription,
+};
 
 #[async_trait]
 pub trait MetaStore: Send + Sync {
@@ -55,4 +57,22 @@ pub trait MetaStore: Send + Sync {
         principal_id: &str,
     ) -> Result<Vec<RoleAssignment>>;
     async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<bool>;
+
+    /// Insert or replace a key record and, atomically with it, insert or replace a version.
+    async fn put_key(&self, record: &KeyRecord, version: Option<&KeyVersion>) -> Result<()>;
+    async fn get_key_record(&self, vault: &str, name: &str) -> Result<Option<KeyRecord>>;
+    /// Key records of one vault (or of every vault), ordered by name.
+    async fn list_key_records(&self, vault: Option<&str>) -> Result<Vec<KeyRecord>>;
+    async fn get_key_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<KeyVersion>>;
+    /// Versions of a key, oldest first (the last one is the current version).
+    async fn list_key_versions(&self, vault: &str, name: &str) -> Result<Vec<KeyVersion>>;
+    /// Remove a key and all its versions for good.
+    async fn purge_key(&self, vault: &str, name: &str) -> Result<()>;
+    /// Remove every key of a vault for good (vault purge).
+    async fn purge_vault_keys(&self, vault: &str) -> Result<()>;
 }

@@ -14,6 +14,7 @@ use coffer_crypto::aead::SealingKey;
 use coffer_crypto::jwt::SigningKey;
 use coffer_domain::clock::Clock;
 use coffer_domain::identity::{Audiences, IdentityService};
+use coffer_domain::keyvault::KeyVaultService;
 use coffer_domain::mgmt::{MgmtConfig, MgmtService};
 use coffer_domain::model::RoleAssignment;
 use coffer_domain::rbac::{Rbac, builtin};
@@ -29,10 +30,11 @@ const SIGNING_KEY_AAD: &[u8] = b"coffer:identity:signing-key:v1";
 
 pub struct Booted {
     pub store: Arc<SqliteStore>,
-    pub root: SealingKey,
+    pub root: Arc<SealingKey>,
     pub clock: Arc<Clock>,
     pub identity: Arc<IdentityService>,
     pub mgmt: Arc<MgmtService>,
+    pub keyvault: Arc<KeyVaultService>,
     pub tenant_id: String,
     pub subscription_id: String,
     pub first_start: bool,
@@ -138,6 +140,13 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         audiences,
     ));
     let rbac = Arc::new(Rbac::new(dyn_store.clone())?);
+    let root = Arc::new(root);
+    let keyvault = Arc::new(KeyVaultService::new(
+        dyn_store.clone(),
+        rbac.clone(),
+        clock.clone(),
+        root.clone(),
+    )?);
     let mgmt = Arc::new(MgmtService::new(
         dyn_store.clone(),
         rbac,
@@ -165,6 +174,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         clock,
         identity,
         mgmt,
+        keyvault,
         tenant_id,
         subscription_id,
         first_start,

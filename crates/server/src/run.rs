@@ -71,6 +71,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         identity: booted.identity.clone(),
         mgmt: booted.mgmt.clone(),
+        keyvault: booted.keyvault.clone(),
         audit,
         clock: booted.clock.clone(),
         endpoints: endpoints.clone(),
@@ -101,19 +102,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         },
         rx.clone(),
     ));
-    // Scheduled purge of soft-deleted vaults.
+    // Background work: scheduled purges (vaults, keys) and policy-driven key rotation.
     {
-        let mgmt = booted.mgmt.clone();
+        let state = state.clone();
         let mut rx = rx.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = mgmt.purge_due_vaults().await {
-                            tracing::error!(error = %e, "scheduled vault purge failed");
-                        }
-                    }
+                    _ = tick.tick() => coffer_api::run_due_work(&state).await,
                     _ = rx.changed() => break,
                 }
             }

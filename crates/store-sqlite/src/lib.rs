@@ -8,7 +8,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use coffer_domain::audit::{AuditRecord, AuditSink};
-use coffer_domain::model::{Principal, Resource, ResourceGroup, RoleAssignment, Subscription};
+use coffer_domain::model::{
+    KeyRecord, KeyVersion, Principal, Resource, ResourceGroup, RoleAssignment, Subscription,
+};
 use coffer_domain::rbac::normalize_scope;
 use coffer_domain::store::MetaStore;
 use coffer_domain::{DomainError, Result};
@@ -41,13 +43,22 @@ fn lc(s: &str) -> String {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("keys"),
+            MigrationType::Simple,
+            include_str!("../migrations/0002_keys.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -392,6 +403,112 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn put_key(&self, record: &KeyRecord, version: Option<&KeyVersion>) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO keys (vault, name, data) VALUES (?, ?, ?) ON CONFLICT(vault, name) DO UPDATE SET data = excluded.data",
+        )
+        .bind(lc(&record.vault))
+        .bind(lc(&record.name))
+        .bind(to_json(record)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(v) = version {
+            sqlx::query(
+                "INSERT INTO key_versions (vault, name, version, data) VALUES (?, ?, ?, ?) ON CONFLICT(vault, name, version) DO UPDATE SET data = excluded.data",
+            )
+            .bind(lc(&v.vault))
+            .bind(lc(&v.name))
+            .bind(lc(&v.version))
+            .bind(to_json(v)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_key_record(&self, vault: &str, name: &str) -> Result<Option<KeyRecord>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM keys WHERE vault = ? AND name = ?")
+                .bind(lc(vault))
+                .bind(lc(name)),
+        )
+        .await
+    }
+
+    async fn list_key_records(&self, vault: Option<&str>) -> Result<Vec<KeyRecord>> {
+        self.fetch_all_data(
+            sqlx::query(
+                "SELECT data FROM keys WHERE (? IS NULL OR vault = ?) ORDER BY vault, name",
+            )
+            .bind(vault.map(lc))
+            .bind(vault.map(lc)),
+        )
+        .await
+    }
+
+    async fn get_key_version(
+        &self,
+        vault: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<KeyVersion>> {
+        self.fetch_data(
+            sqlx::query(
+                "SELECT data FROM key_versions WHERE vault = ? AND name = ? AND version = ?",
+            )
+            .bind(lc(vault))
+            .bind(lc(name))
+            .bind(lc(version)),
+        )
+        .await
+    }
+
+    async fn list_key_versions(&self, vault: &str, name: &str) -> Result<Vec<KeyVersion>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM key_versions WHERE vault = ? AND name = ? ORDER BY seq")
+                .bind(lc(vault))
+                .bind(lc(name)),
+        )
+        .await
+    }
+
+    async fn purge_key(&self, vault: &str, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for q in [
+            "DELETE FROM key_versions WHERE vault = ? AND name = ?",
+            "DELETE FROM keys WHERE vault = ? AND name = ?",
+        ] {
+            sqlx::query(q)
+                .bind(lc(vault))
+                .bind(lc(name))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn purge_vault_keys(&self, vault: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        for q in [
+            "DELETE FROM key_versions WHERE vault = ?",
+            "DELETE FROM keys WHERE vault = ?",
+        ] {
+            sqlx::query(q)
+                .bind(lc(vault))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
     }
 }
 
