@@ -91,3 +91,16 @@ def rg(coffer: Coffer) -> str:
 def sp(coffer: Coffer) -> Principal:
     """A fresh service principal with no role assignments."""
     return new_sp(coffer)
+
+
+@pytest.fixture
+def kv(coffer: Coffer, rg: str) -> harness.DataVault:
+    """A fresh vault (soft delete 7 days, no purge protection) and a fresh principal that is
+    Key Vault Administrator on it; `kv.keys` is that principal's KeyClient."""
+    return coffer.data_vault(rg)
+
+
+@pytest.fixture
+def kv_protected(coffer: Coffer, rg: str) -> harness.DataVault:
+    """Like `kv`, on a vault with purge protection (retention 7 days)."""
+    return coffer.data_vault(rg, purge_protection=True)

@@ -25,6 +25,8 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
 from azure.identity import ClientSecretCredential
+from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey
+from azure.keyvault.keys.crypto import CryptographyClient
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.mgmt.keyvault import KeyVaultManagementClient
 from azure.mgmt.keyvault import models as kvm
@@ -33,7 +35,8 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.resource.subscriptions import SubscriptionClient
 from azure.mgmt.storage import StorageManagementClient
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +58,7 @@ API_KEYVAULT = "2026-05-15"
 API_MSI = "2024-11-30"
 API_AUTHORIZATION = "2022-04-01"
 API_SUBSCRIPTION_ALIAS = "2021-10-01"
+API_KEYVAULT_DATA = "7.6"  # raw Key Vault data-plane requests (the SDK sends 2025-07-01)
 
 # Built-in role definition names (GUIDs) exactly as in Azure.
 ROLE_IDS = {
@@ -65,12 +69,22 @@ ROLE_IDS = {
     "Key Vault Crypto Service Encryption User": "e147488a-f6f5-4113-8e2d-b22465e65bf6",
 }
 
+# Key Vault data-plane roles (kept apart from ROLE_IDS, which parametrizes test_rbac.py).
+KV_ROLE_IDS = {
+    "Key Vault Administrator": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+    "Key Vault Crypto Officer": "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+    "Key Vault Crypto User": "12338af0-0e69-4776-bea7-57ae8d297424",
+    "Key Vault Crypto Service Encryption User": "e147488a-f6f5-4113-8e2d-b22465e65bf6",
+    "Key Vault Reader": "21090545-7ca7-4776-b22c-e363652d74d2",
+}
+
 PROXY_ENV_VARS = (
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
     "http_proxy", "https_proxy", "all_proxy", "no_proxy",
 )
 
 _ADMIN = object()  # sentinel: "use the admin's token"
+_PRINCIPAL = object()  # sentinel: "use the token of the vault's principal"
 
 
 def scrub_proxy_env() -> None:
@@ -423,7 +437,7 @@ class Coffer:
         return f"{self.rg_scope(rg)}/providers/Microsoft.KeyVault/vaults/{name}"
 
     def role_definition_id(self, role: str, subscription_id: Optional[str] = None) -> str:
-        guid = ROLE_IDS.get(role, role)
+        guid = ROLE_IDS.get(role) or KV_ROLE_IDS.get(role, role)
         return f"{self.sub_scope(subscription_id)}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
 
     # ---- SDK objects
@@ -530,8 +544,12 @@ class Coffer:
         return Principal(body["client_id"], body["client_secret"], body["object_id"], body["tenant_id"])
 
     def advance_clock(self, seconds: int) -> int:
-        r = self.arm("POST", "/coffer/admin/clock", json={"advanceSeconds": seconds})
+        """Move the test clock (the server runs due background work before answering). Tokens cached
+        before the jump may now be expired on the server, so a fresh admin token is used and the cached
+        admin credential and clients are dropped."""
+        r = self.arm("POST", "/coffer/admin/clock", token=self.raw_token(), json={"advanceSeconds": seconds})
         assert r.status_code == 200, f"advancing the clock: {r.status_code} {r.text[:500]}"
+        self._reset_caches()
         return r.json()["now"]
 
     # ---- resources through the SDK (admin by default)
@@ -561,3 +579,194 @@ class Coffer:
             {"role_definition_id": self.role_definition_id(role), "principal_id": principal_id,
              "principal_type": "ServicePrincipal"},
         )
+
+    # ---- Key Vault data plane (vault hosts have no DNS: every client goes through the CONNECT proxy)
+
+    def _vault_kwargs(self) -> dict:
+        return dict(self._sdk_kwargs(), proxies={"https": self.proxy})
+
+    def key_client(self, vault_url: str, cred: Any = None) -> KeyClient:
+        """A KeyClient on `vault_url` (the default verify_challenge_resource=True stays on)."""
+        return KeyClient(vault_url, cred if cred is not None else self.credential(), **self._vault_kwargs())
+
+    def crypto_client(self, key: "KeyVaultKey | str", cred: Any = None, *, remote_only: bool = False
+                      ) -> CryptographyClient:
+        """A CryptographyClient for a key (or key id). The SDK does public-key operations (encrypt,
+        wrap, verify) locally once it has fetched the key, and for an oct key it even makes up a random
+        local key (the service never returns `k`). `remote_only=True` makes every operation a service
+        call: it marks the client initialized before it can fetch the key (pinned SDK internals)."""
+        client = CryptographyClient(key, cred if cred is not None else self.credential(), **self._vault_kwargs())
+        if remote_only:
+            client._key = None
+            client._initialized = True
+            client._not_before = client._expires_on = None
+        return client
+
+    def vault_request(self, method: str, url: str, *, token: Optional[str] = None, **kwargs: Any
+                      ) -> requests.Response:
+        """A raw request to a vault host through the proxy; `token` None sends no Authorization."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        with self.http(proxy=True) as s:
+            return s.request(method, url, headers=headers, timeout=HTTP_TIMEOUT_S, **kwargs)
+
+    def data_vault(self, rg: Optional[str] = None, *, role: str = "Key Vault Administrator",
+                   purge_protection: bool = False, retention_days: int = 7, **params: Any) -> "DataVault":
+        """A fresh vault plus a fresh principal holding `role` on it (the admin, an Owner, has no
+        data actions), and a KeyClient for that principal."""
+        rg = rg or self.create_rg()
+        vault = self.create_vault(rg, purge_protection=purge_protection, retention_days=retention_days, **params)
+        principal = self.new_sp(unique("kv-user-"))
+        if role:
+            self.assign_role(vault.id, role, principal.object_id)
+        return DataVault(self, rg, vault, principal)
+
+
+class DataVault:
+    """A vault, a principal with a data role on it, and that principal's KeyClient."""
+
+    def __init__(self, coffer: Coffer, rg: str, vault: kvm.Vault, principal: Principal):
+        self.coffer = coffer
+        self.rg = rg
+        self.principal = principal
+        self._bind(vault)
+
+    def _bind(self, vault: kvm.Vault) -> None:
+        self.vault = vault
+        self.name: str = vault.name
+        self.url: str = vault.properties.vault_uri  # https://{name}.vault.coffer.internal:{port}/
+        self.cred = self.coffer.credential_for(self.principal)
+        self.keys = self.coffer.key_client(self.url, self.cred)
+
+    def reconnect(self) -> "DataVault":
+        """New credential and clients, after a restart (new port) or a clock jump (stale tokens)."""
+        self._bind(self.coffer.mgmt_clients().keyvault.vaults.get(self.rg, self.name))
+        return self
+
+    def principal_with(self, role: Optional[str]) -> Principal:
+        """A new principal holding `role` (None: no role at all) on this vault."""
+        principal = self.coffer.new_sp(unique("kv-other-"))
+        if role:
+            self.coffer.assign_role(self.vault.id, role, principal.object_id)
+        return principal
+
+    def client_for(self, principal: Principal) -> KeyClient:
+        return self.coffer.key_client(self.url, self.coffer.credential_for(principal))
+
+    def crypto(self, key: "KeyVaultKey | str", principal: Optional[Principal] = None, *,
+               remote_only: bool = False) -> CryptographyClient:
+        cred = self.cred if principal is None else self.coffer.credential_for(principal)
+        return self.coffer.crypto_client(key, cred, remote_only=remote_only)
+
+    def token(self, principal: Optional[Principal] = None) -> str:
+        cred = self.cred if principal is None else self.coffer.credential_for(principal)
+        return self.coffer.token(cred, scope=self.coffer.vault_scope)
+
+    def url_for(self, path_or_url: str, api_version: Optional[str] = API_KEYVAULT_DATA) -> str:
+        url = path_or_url if path_or_url.startswith("https://") else self.url.rstrip("/") + path_or_url
+        if api_version:
+            url += ("&" if "?" in url else "?") + f"api-version={api_version}"
+        return url
+
+    def raw(self, method: str, path_or_url: str, *, token: Any = _PRINCIPAL, api_version: Optional[str] = API_KEYVAULT_DATA,
+            **kwargs: Any) -> requests.Response:
+        """A raw data-plane request as this vault's principal (`token=None`: no Authorization).
+        `path_or_url` is a path like "/keys/k1/create" or a full kid-based URL."""
+        if token is _PRINCIPAL:
+            token = self.token()
+        return self.coffer.vault_request(method, self.url_for(path_or_url, api_version), token=token, **kwargs)
+
+    def op(self, kid: str, operation: str, **body: Any) -> dict:
+        """POST {kid}/{operation} (encrypt, decrypt, wrapkey, unwrapkey, sign, verify) on the service;
+        bytes values are sent base64url. Returns the JSON body of a 200."""
+        wire = {k: b64url_encode(v) if isinstance(v, bytes) else v for k, v in body.items()}
+        r = self.raw("POST", f"{kid}/{operation}", json=wire)
+        assert r.status_code == 200, f"{operation}: {r.status_code} {r.text[:500]}"
+        return r.json()
+
+
+# --------------------------------------------------------------------------- JWKs and local crypto cross-checks
+
+# Key Vault curve name -> (cryptography curve, coordinate bytes, signature algorithm, its hash)
+EC_CURVES = {
+    "P-256": (ec.SECP256R1, 32, "ES256", hashes.SHA256),
+    "P-256K": (ec.SECP256K1, 32, "ES256K", hashes.SHA256),
+    "P-384": (ec.SECP384R1, 48, "ES384", hashes.SHA384),
+    "P-521": (ec.SECP521R1, 66, "ES512", hashes.SHA512),
+}
+SIGNATURE_HASHES = {
+    "RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512,
+    "PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512,
+    "ES256": hashes.SHA256, "ES256K": hashes.SHA256, "ES384": hashes.SHA384, "ES512": hashes.SHA512,
+}
+
+
+def int_bytes(value: int, length: Optional[int] = None) -> bytes:
+    """Big-endian unsigned bytes (minimal length unless `length`), as JWKs carry them."""
+    return value.to_bytes(length or max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def digest(alg: str, data: bytes) -> bytes:
+    h = hashes.Hash(SIGNATURE_HASHES[alg]())
+    h.update(data)
+    return h.finalize()
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey, **fields: Any) -> JsonWebKey:
+    """The full private JWK of a `cryptography` RSA key (for import_key)."""
+    priv = key.private_numbers()
+    pub = priv.public_numbers
+    return JsonWebKey(kty=fields.pop("kty", "RSA"), n=int_bytes(pub.n), e=int_bytes(pub.e), d=int_bytes(priv.d),
+                      p=int_bytes(priv.p), q=int_bytes(priv.q), dp=int_bytes(priv.dmp1), dq=int_bytes(priv.dmq1),
+                      qi=int_bytes(priv.iqmp), **fields)
+
+
+def ec_jwk(key: ec.EllipticCurvePrivateKey, crv: str, **fields: Any) -> JsonWebKey:
+    size = EC_CURVES[crv][1]
+    priv = key.private_numbers()
+    return JsonWebKey(kty=fields.pop("kty", "EC"), crv=crv, x=int_bytes(priv.public_numbers.x, size),
+                      y=int_bytes(priv.public_numbers.y, size), d=int_bytes(priv.private_value, size), **fields)
+
+
+def public_key(jwk: Any):
+    """A `cryptography` public key from a returned JWK (RSA or EC); EC points are checked to be on the curve."""
+    kty = str(getattr(jwk.kty, "value", jwk.kty))
+    if kty.startswith("RSA"):
+        return rsa.RSAPublicNumbers(int.from_bytes(jwk.e, "big"), int.from_bytes(jwk.n, "big")).public_key()
+    crv = str(getattr(jwk.crv, "value", jwk.crv))
+    return ec.EllipticCurvePublicNumbers(int.from_bytes(jwk.x, "big"), int.from_bytes(jwk.y, "big"),
+                                         EC_CURVES[crv][0]()).public_key()
+
+
+def oaep(alg: str) -> padding.AsymmetricPadding:
+    if alg == "RSA1_5":
+        return padding.PKCS1v15()
+    algorithm = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()
+    return padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None)
+
+
+def verify_locally(jwk: Any, alg: str, digest_bytes: bytes, signature: bytes) -> None:
+    """Raise InvalidSignature unless `signature` (Key Vault's format: raw r||s for EC) verifies with `jwk`."""
+    key = public_key(jwk)
+    h = SIGNATURE_HASHES[alg]()
+    if alg.startswith("RS"):
+        key.verify(signature, digest_bytes, padding.PKCS1v15(), Prehashed(h))
+    elif alg.startswith("PS"):
+        key.verify(signature, digest_bytes, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), Prehashed(h))
+    else:
+        half = len(signature) // 2
+        der = encode_dss_signature(int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big"))
+        key.verify(der, digest_bytes, ec.ECDSA(Prehashed(h)))
+
+
+def sign_locally(private: Any, alg: str, digest_bytes: bytes, crv: Optional[str] = None) -> bytes:
+    """A signature in Key Vault's format (raw r||s for EC) from a local private key."""
+    h = SIGNATURE_HASHES[alg]()
+    if alg.startswith("RS"):
+        return private.sign(digest_bytes, padding.PKCS1v15(), Prehashed(h))
+    if alg.startswith("PS"):
+        return private.sign(digest_bytes, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), Prehashed(h))
+    r, s = decode_dss_signature(private.sign(digest_bytes, ec.ECDSA(Prehashed(h))))
+    size = EC_CURVES[crv][1]
+    return int_bytes(r, size) + int_bytes(s, size)

@@ -21,6 +21,8 @@ use aws_lc_rs::rsa::{
     Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicKeyComponents,
 };
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
+use std::sync::OnceLock;
+
 use coffer_secret::SecretBytes;
 use serde::Serialize;
 
@@ -379,10 +381,76 @@ pub fn import(base_kty: &str, jwk: &ImportJwk) -> Result<NewKey, KeyError> {
     }
 }
 
-/// A key loaded from its material for one operation; dropped (and its memory released by
-/// aws-lc) right after.
+/// An RSA private key, parsed lazily into the aws-lc object each kind of operation needs
+/// (parsing and the first private operation are costly, so a loaded key is worth keeping for
+/// a short while; see the key handle cache in the domain).
+pub struct RsaKey {
+    pkcs8: SecretBytes,
+    oaep_private: OnceLock<OaepPrivateDecryptingKey>,
+    pkcs1_private: OnceLock<Pkcs1PrivateDecryptingKey>,
+    oaep_public: OnceLock<OaepPublicEncryptingKey>,
+    pkcs1_public: OnceLock<Pkcs1PublicEncryptingKey>,
+    pair: OnceLock<aws_lc_rs::rsa::KeyPair>,
+}
+
+fn once<T>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T, KeyError>) -> Result<&T, KeyError> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let _ = cell.set(make()?);
+    cell.get().ok_or(KeyError::Internal)
+}
+
+impl RsaKey {
+    fn new(pkcs8: SecretBytes) -> Self {
+        Self {
+            pkcs8,
+            oaep_private: OnceLock::new(),
+            pkcs1_private: OnceLock::new(),
+            oaep_public: OnceLock::new(),
+            pkcs1_public: OnceLock::new(),
+            pair: OnceLock::new(),
+        }
+    }
+    fn private(&self) -> Result<PrivateDecryptingKey, KeyError> {
+        PrivateDecryptingKey::from_pkcs8(self.pkcs8.expose()).map_err(|_| KeyError::Internal)
+    }
+    fn oaep_private(&self) -> Result<&OaepPrivateDecryptingKey, KeyError> {
+        once(&self.oaep_private, || {
+            OaepPrivateDecryptingKey::new(self.private()?).map_err(|_| KeyError::Internal)
+        })
+    }
+    fn pkcs1_private(&self) -> Result<&Pkcs1PrivateDecryptingKey, KeyError> {
+        once(&self.pkcs1_private, || {
+            Pkcs1PrivateDecryptingKey::new(self.private()?).map_err(|_| KeyError::Internal)
+        })
+    }
+    fn oaep_public(&self) -> Result<&OaepPublicEncryptingKey, KeyError> {
+        once(&self.oaep_public, || {
+            OaepPublicEncryptingKey::new(self.private()?.public_key())
+                .map_err(|_| KeyError::Internal)
+        })
+    }
+    fn pkcs1_public(&self) -> Result<&Pkcs1PublicEncryptingKey, KeyError> {
+        once(&self.pkcs1_public, || {
+            Pkcs1PublicEncryptingKey::new(self.private()?.public_key())
+                .map_err(|_| KeyError::Internal)
+        })
+    }
+    fn pair(&self) -> Result<&aws_lc_rs::rsa::KeyPair, KeyError> {
+        once(&self.pair, || {
+            aws_lc_rs::rsa::KeyPair::from_pkcs8(self.pkcs8.expose()).map_err(|_| KeyError::Internal)
+        })
+    }
+    fn size_bytes(&self) -> Result<usize, KeyError> {
+        Ok(self.oaep_public()?.ciphertext_size())
+    }
+}
+
+/// A key loaded from its material. Its memory is released (and cleansed by aws-lc / zeroized)
+/// when the last reference drops.
 pub enum LoadedKey {
-    Rsa(aws_lc_rs::rsa::KeyPair, SecretBytes),
+    Rsa(RsaKey),
     Ec(EcdsaKeyPair, Curve),
     Oct(SecretBytes),
 }
@@ -427,11 +495,9 @@ impl LoadedKey {
             return Err(KeyError::Internal);
         }
         match b[1] {
-            b'R' => {
-                let pair =
-                    aws_lc_rs::rsa::KeyPair::from_pkcs8(&b[2..]).map_err(|_| KeyError::Internal)?;
-                Ok(LoadedKey::Rsa(pair, SecretBytes::from_slice(&b[2..])))
-            }
+            b'R' => Ok(LoadedKey::Rsa(RsaKey::new(SecretBytes::from_slice(
+                &b[2..],
+            )))),
             b'E' if b.len() > 3 => {
                 let curve = Curve::from_id(b[2]).ok_or(KeyError::Internal)?;
                 let pair = EcdsaKeyPair::from_pkcs8(curve.signing(), &b[3..])
@@ -443,10 +509,6 @@ impl LoadedKey {
         }
     }
 
-    fn rsa_decrypting(pkcs8: &SecretBytes) -> Result<PrivateDecryptingKey, KeyError> {
-        PrivateDecryptingKey::from_pkcs8(pkcs8.expose()).map_err(|_| KeyError::Internal)
-    }
-
     pub fn encrypt(
         &self,
         alg: &str,
@@ -455,9 +517,8 @@ impl LoadedKey {
         aad: Option<&[u8]>,
     ) -> Result<Sealed, KeyError> {
         match self {
-            LoadedKey::Rsa(_, pkcs8) => {
-                let public = Self::rsa_decrypting(pkcs8)?.public_key();
-                let mut out = vec![0u8; public.key_size_bytes()];
+            LoadedKey::Rsa(rsa) => {
+                let mut out = vec![0u8; rsa.size_bytes()?];
                 let n = match alg {
                     "RSA-OAEP" | "RSA-OAEP-256" => {
                         let oaep = if alg == "RSA-OAEP" {
@@ -465,8 +526,7 @@ impl LoadedKey {
                         } else {
                             &OAEP_SHA256_MGF1SHA256
                         };
-                        let k =
-                            OaepPublicEncryptingKey::new(public).map_err(|_| KeyError::Internal)?;
+                        let k = rsa.oaep_public()?;
                         if plaintext.len() > k.max_plaintext_size(oaep) {
                             return Err(invalid(
                                 "the plaintext is too long for this key and algorithm",
@@ -477,8 +537,7 @@ impl LoadedKey {
                             .len()
                     }
                     "RSA1_5" => {
-                        let k = Pkcs1PublicEncryptingKey::new(public)
-                            .map_err(|_| KeyError::Internal)?;
+                        let k = rsa.pkcs1_public()?;
                         if plaintext.len() > k.max_plaintext_size() {
                             return Err(invalid(
                                 "the plaintext is too long for this key and algorithm",
@@ -591,12 +650,12 @@ impl LoadedKey {
         tag: Option<&[u8]>,
     ) -> Result<SecretBytes, KeyError> {
         match self {
-            LoadedKey::Rsa(_, pkcs8) => {
-                let private = Self::rsa_decrypting(pkcs8)?;
-                if ciphertext.len() != private.key_size_bytes() {
+            LoadedKey::Rsa(rsa) => {
+                let size = rsa.size_bytes()?;
+                if ciphertext.len() != size {
                     return Err(invalid("the ciphertext length does not match the key size"));
                 }
-                let mut out = vec![0u8; private.key_size_bytes()];
+                let mut out = vec![0u8; size];
                 let n = match alg {
                     "RSA-OAEP" | "RSA-OAEP-256" => {
                         let oaep = if alg == "RSA-OAEP" {
@@ -604,14 +663,13 @@ impl LoadedKey {
                         } else {
                             &OAEP_SHA256_MGF1SHA256
                         };
-                        OaepPrivateDecryptingKey::new(private)
-                            .map_err(|_| KeyError::Internal)?
+                        rsa.oaep_private()?
                             .decrypt(oaep, ciphertext, &mut out, None)
                             .map_err(|_| KeyError::OperationFailed)?
                             .len()
                     }
-                    "RSA1_5" => Pkcs1PrivateDecryptingKey::new(private)
-                        .map_err(|_| KeyError::Internal)?
+                    "RSA1_5" => rsa
+                        .pkcs1_private()?
                         .decrypt(ciphertext, &mut out)
                         .map_err(|_| KeyError::OperationFailed)?
                         .len(),
@@ -743,7 +801,8 @@ impl LoadedKey {
             ))
         })?;
         match self {
-            LoadedKey::Rsa(pair, _) => {
+            LoadedKey::Rsa(rsa) => {
+                let pair = rsa.pair()?;
                 let enc: &'static dyn signature::RsaEncoding = match alg {
                     "RS256" => &signature::RSA_PKCS1_SHA256,
                     "RS384" => &signature::RSA_PKCS1_SHA384,
@@ -781,7 +840,8 @@ impl LoadedKey {
             ))
         })?;
         match self {
-            LoadedKey::Rsa(pair, _) => {
+            LoadedKey::Rsa(rsa) => {
+                let pair = rsa.pair()?;
                 let v: &'static signature::RsaParameters = match alg {
                     "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
                     "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,

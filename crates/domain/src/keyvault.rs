@@ -327,12 +327,61 @@ struct Backup {
     versions: Vec<BackupVersion>,
 }
 
+/// How long a loaded (unsealed, parsed) key stays in memory after its last use.
+pub const KEY_HANDLE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const KEY_HANDLE_MAX: usize = 1024;
+
+/// Loaded keys, so that the steady state does not unseal and re-parse a key (and redo
+/// aws-lc's per-key precomputation) on every operation. Entries expire [`KEY_HANDLE_TTL`]
+/// after their last use and are evicted at once when their key is purged; dropping the last
+/// reference releases and cleanses the material. The cache never decides anything: every
+/// operation checks the key's current metadata (enabled, dates, key_ops) first.
+#[derive(Default)]
+struct KeyHandles(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Arc<LoadedKey>)>>,
+);
+
+impl KeyHandles {
+    fn get(&self, id: &str) -> Option<Arc<LoadedKey>> {
+        let mut m = self.0.lock().ok()?;
+        match m.get_mut(id) {
+            Some((t, k)) if t.elapsed() < KEY_HANDLE_TTL => {
+                *t = std::time::Instant::now();
+                Some(k.clone())
+            }
+            Some(_) => {
+                m.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+    fn put(&self, id: String, k: Arc<LoadedKey>) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= KEY_HANDLE_MAX {
+                m.retain(|_, (t, _)| t.elapsed() < KEY_HANDLE_TTL);
+                if m.len() >= KEY_HANDLE_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(id, (std::time::Instant::now(), k));
+        }
+    }
+    /// Forget every version of one key (`prefix` = `vault-key:{vault}/{name}/`).
+    fn evict_prefix(&self, prefix: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|k, _| !k.starts_with(prefix));
+        }
+    }
+}
+
 pub struct KeyVaultService {
     store: Arc<dyn MetaStore>,
     rbac: Arc<Rbac>,
     clock: Arc<Clock>,
     root: Arc<SealingKey>,
     backup_key: SealingKey,
+    handles: KeyHandles,
 }
 
 impl KeyVaultService {
@@ -349,6 +398,7 @@ impl KeyVaultService {
             clock,
             root,
             backup_key,
+            handles: KeyHandles::default(),
         })
     }
 
@@ -816,7 +866,18 @@ impl KeyVaultService {
                 "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Key {name} will be purged automatically on its scheduled purge date."
             )));
         }
-        self.store.purge_key(&vault.name, name).await
+        self.store.purge_key(&vault.name, name).await?;
+        self.forget(&vault.name, name);
+        Ok(())
+    }
+
+    fn forget(&self, vault: &str, name: &str) {
+        let prefix = format!(
+            "vault-key:{}/{}/",
+            vault.to_ascii_lowercase(),
+            name.to_ascii_lowercase()
+        );
+        self.handles.evict_prefix(&prefix);
     }
 
     /// A server-encrypted, authenticated backup of every version of a key.
@@ -995,8 +1056,17 @@ impl KeyVaultService {
                 )));
             }
         }
-        let material = self.unseal(v)?;
-        let key = LoadedKey::load(&material).map_err(key_error)?;
+        let handle_id =
+            String::from_utf8_lossy(&Self::aad(&v.vault, &v.name, &v.version)).into_owned();
+        let key = match self.handles.get(&handle_id) {
+            Some(k) => k,
+            None => {
+                let material = self.unseal(v)?;
+                let k = Arc::new(LoadedKey::load(&material).map_err(key_error)?);
+                self.handles.put(handle_id, k.clone());
+                k
+            }
+        };
         let CryptoInput {
             alg,
             value,
@@ -1069,6 +1139,7 @@ impl KeyVaultService {
             if let Some(d) = &r.deleted {
                 if d.scheduled_purge <= now {
                     self.store.purge_key(&r.vault, &r.name).await?;
+                    self.forget(&r.vault, &r.name);
                     purged += 1;
                 }
                 continue;

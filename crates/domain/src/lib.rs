@@ -5,6 +5,7 @@
 //! Every decision to allow or deny goes through [`rbac::Rbac::authorize`].
 
 pub mod audit;
+pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod identity;

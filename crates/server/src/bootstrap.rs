@@ -129,7 +129,8 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         storage: vec!["https://storage.azure.com".into()],
     };
     let issuer_base = format!("https://sts.{}", p.dns_suffix);
-    let dyn_store: Arc<dyn MetaStore> = store.clone();
+    let dyn_store: Arc<dyn MetaStore> =
+        Arc::new(coffer_domain::cache::CachedStore::new(store.clone()));
     let identity = Arc::new(IdentityService::new(
         dyn_store.clone(),
         clock.clone(),
@@ -159,7 +160,15 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
     ));
 
     let subscription_id = if first_start {
-        first_start_setup(&store, &identity, &mgmt, &clock, p.data_dir, &tenant_id).await?
+        first_start_setup(
+            dyn_store.as_ref(),
+            &identity,
+            &mgmt,
+            &clock,
+            p.data_dir,
+            &tenant_id,
+        )
+        .await?
     } else {
         String::from_utf8(
             store
@@ -182,7 +191,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
 }
 
 async fn first_start_setup(
-    store: &SqliteStore,
+    store: &dyn MetaStore,
     identity: &IdentityService,
     mgmt: &MgmtService,
     clock: &Clock,

@@ -1,0 +1,352 @@
+//! Key Vault wrap/unwrap throughput over HTTPS against a real server, beside the raw
+//! aws-lc-rs rate of the same operation on the same machine (the crypto limit).
+//!
+//! `cargo run --release -p coffer-bench -- --seconds 5 --concurrency 8`
+//! starts `target/release/coffer` on port 0, creates a vault and keys, then drives
+//! `POST /keys/{name}/{version}/{wrapkey|unwrapkey}` with keep-alive connections.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
+    PrivateDecryptingKey,
+};
+use clap::Parser;
+use coffer_crypto::b64;
+use coffer_testkit::TestServer;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// The coffer binary.
+    #[arg(long, default_value = "target/release/coffer")]
+    bin: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent requests in flight (each on its own keep-alive connection).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+struct Stats {
+    ops: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Raw aws-lc-rs RSA-OAEP-256 decryption rate with `threads` threads (parsed key, no I/O).
+fn raw_rsa_unwrap(bits: KeySize, threads: usize, secs: u64) -> anyhow::Result<f64> {
+    let key = PrivateDecryptingKey::generate(bits).map_err(|_| anyhow::anyhow!("keygen"))?;
+    let public =
+        OaepPublicEncryptingKey::new(key.public_key()).map_err(|_| anyhow::anyhow!("pub"))?;
+    let mut ct = vec![0u8; public.ciphertext_size()];
+    let n = public
+        .encrypt(&OAEP_SHA256_MGF1SHA256, &[7u8; 32], &mut ct, None)
+        .map_err(|_| anyhow::anyhow!("enc"))?
+        .len();
+    ct.truncate(n);
+    let key = Arc::new(OaepPrivateDecryptingKey::new(key).map_err(|_| anyhow::anyhow!("oaep"))?);
+    let ct = Arc::new(ct);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (key, ct) = (key.clone(), ct.clone());
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; 1024];
+                let mut count = 0u64;
+                while Instant::now() < deadline {
+                    if key
+                        .decrypt(&OAEP_SHA256_MGF1SHA256, &ct, &mut out, None)
+                        .is_ok()
+                    {
+                        count += 1;
+                    }
+                }
+                count
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    Ok(total as f64 / secs as f64)
+}
+
+/// Raw AES-256 key wrap rate (RFC 3394) with `threads` threads.
+fn raw_kw(threads: usize, secs: u64, unwrap: bool) -> f64 {
+    use aws_lc_rs::key_wrap::{AES_256, KeyEncryptionKey, KeyWrap};
+    let kek = [9u8; 32];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut count = 0u64;
+                let mut out = [0u8; 48];
+                let mut wrapped = [0u8; 40];
+                if let Ok(k) = KeyEncryptionKey::new(&AES_256, &kek)
+                    && let Ok(w) = k.wrap(&[1u8; 32], &mut wrapped)
+                {
+                    let w = w.to_vec();
+                    while Instant::now() < deadline {
+                        let Ok(k) = KeyEncryptionKey::new(&AES_256, &kek) else {
+                            break;
+                        };
+                        let ok = if unwrap {
+                            k.unwrap(&w, &mut out).is_ok()
+                        } else {
+                            k.wrap(&[1u8; 32], &mut out).is_ok()
+                        };
+                        if ok {
+                            count += 1;
+                        }
+                    }
+                }
+                count
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / secs as f64
+}
+
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Value,
+    conc: usize,
+    secs: u64,
+) -> anyhow::Result<Stats> {
+    let body = Arc::new(body.to_string());
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (c, url, token, body) = (
+            client.clone(),
+            url.to_string(),
+            token.to_string(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let r = c
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.bytes().await;
+                        lat.push(t.elapsed().as_micros() as u32);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    all.sort_unstable();
+    Ok(Stats {
+        ops: all.len() as f64 / secs as f64,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+    })
+}
+
+fn claims(token: &str) -> Value {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(b64::url_decode)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = TestServer::start(&args.bin, &[]).context("starting the server")?;
+    let http = server.http()?;
+    let mgmt = server.endpoint("management");
+    let sub = server.endpoint("subscription_id");
+    let admin = server.admin_token().await?;
+    let oid = claims(&admin)["oid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ok = |r: reqwest::Response| async move {
+        let s = r.status();
+        let t = r.text().await.unwrap_or_default();
+        if !s.is_success() {
+            bail!("{s}: {t}");
+        }
+        Ok::<Value, anyhow::Error>(serde_json::from_str(&t).unwrap_or(Value::Null))
+    };
+    ok(http
+        .put(format!(
+            "{mgmt}/subscriptions/{sub}/resourcegroups/bench?api-version=x"
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"location": "eastus"}))
+        .send()
+        .await?)
+    .await?;
+    let vault = ok(http
+        .put(format!("{mgmt}/subscriptions/{sub}/resourceGroups/bench/providers/Microsoft.KeyVault/vaults/benchkv?api-version=x"))
+        .bearer_auth(&admin)
+        .json(&json!({"location": "eastus", "properties": {"tenantId": server.endpoint("tenant_id"), "sku": {"family": "A", "name": "standard"}}}))
+        .send()
+        .await?)
+    .await?;
+    let vault_id = vault["id"].as_str().unwrap_or_default().to_string();
+    ok(http
+        .put(format!("{mgmt}{vault_id}/providers/Microsoft.Authorization/roleAssignments/6a1e0c0e-0000-4000-8000-000000000001?api-version=x"))
+        .bearer_auth(&admin)
+        .json(&json!({"properties": {"roleDefinitionId": format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/14b46e9e-c2b7-41b4-b07b-48a6ebf60603"), "principalId": oid}}))
+        .send()
+        .await?)
+    .await?;
+    let creds = server.admin_credentials()?;
+    let vault_suffix = server.endpoint("vault_dns_suffix");
+    let vault_token = server
+        .token(
+            creds["client_id"].as_str().unwrap_or_default(),
+            creds["client_secret"].as_str().unwrap_or_default(),
+            &format!("https://{vault_suffix}/.default"),
+        )
+        .await?;
+    let host = vault_suffix.split(':').next().unwrap_or_default();
+    let port: u16 = vault_suffix
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    let ca = std::fs::read(server.endpoint("ca_cert"))?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca)?])
+        .resolve(
+            &format!("benchkv.{host}"),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .http1_only()
+        .build()?;
+    let base = format!("https://benchkv.{vault_suffix}");
+
+    println!(
+        "| key | operation | HTTPS ops/s | p50 ms | p99 ms | raw aws-lc-rs ops/s (2 threads) | HTTPS / raw |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let cases: [(&str, Value, &str, Option<KeySize>); 4] = [
+        (
+            "RSA-2048",
+            json!({"kty": "RSA", "key_size": 2048}),
+            "RSA-OAEP-256",
+            Some(KeySize::Rsa2048),
+        ),
+        (
+            "RSA-3072",
+            json!({"kty": "RSA", "key_size": 3072}),
+            "RSA-OAEP-256",
+            Some(KeySize::Rsa3072),
+        ),
+        (
+            "RSA-4096",
+            json!({"kty": "RSA", "key_size": 4096}),
+            "RSA-OAEP-256",
+            Some(KeySize::Rsa4096),
+        ),
+        (
+            "AES-256",
+            json!({"kty": "oct", "key_size": 256}),
+            "A256KW",
+            None,
+        ),
+    ];
+    for (label, create, alg, size) in cases {
+        let name = label.to_ascii_lowercase();
+        let key = ok(client
+            .post(format!("{base}/keys/{name}/create?api-version=7.6"))
+            .bearer_auth(&vault_token)
+            .json(&create)
+            .send()
+            .await?)
+        .await?;
+        let kid = key["key"]["kid"].as_str().unwrap_or_default().to_string();
+        let version = kid.rsplit('/').next().unwrap_or_default().to_string();
+        let wrapped = ok(client
+            .post(format!(
+                "{base}/keys/{name}/{version}/wrapkey?api-version=7.6"
+            ))
+            .bearer_auth(&vault_token)
+            .json(&json!({"alg": alg, "value": b64::url_encode(&[5u8; 32])}))
+            .send()
+            .await?)
+        .await?;
+        let ct = wrapped["value"].as_str().unwrap_or_default().to_string();
+        for (op, body) in [
+            ("unwrapkey", json!({"alg": alg, "value": ct})),
+            (
+                "wrapkey",
+                json!({"alg": alg, "value": b64::url_encode(&[5u8; 32])}),
+            ),
+        ] {
+            let url = format!("{base}/keys/{name}/{version}/{op}?api-version=7.6");
+            let s = load(
+                &client,
+                &url,
+                &vault_token,
+                body,
+                args.concurrency,
+                args.seconds,
+            )
+            .await?;
+            let raw = match (size, op) {
+                (Some(sz), "unwrapkey") => raw_rsa_unwrap(sz, 2, args.seconds)?,
+                (Some(_), _) => f64::NAN,
+                (None, o) => raw_kw(2, args.seconds, o == "unwrapkey"),
+            };
+            let ratio = if raw.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * s.ops / raw)
+            };
+            let raw_s = if raw.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{raw:.0}")
+            };
+            println!(
+                "| {label} | {op} | {:.0} | {:.2} | {:.2} | {raw_s} | {ratio} |",
+                s.ops, s.p50_ms, s.p99_ms
+            );
+        }
+    }
+    Ok(())
+}
