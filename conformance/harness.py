@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import requests
+import requests.adapters
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
 from azure.identity import ClientSecretCredential
@@ -239,6 +241,16 @@ class MgmtClients:
     msi: ManagedServiceIdentityClient
     authorization: AuthorizationManagementClient
     storage: StorageManagementClient
+
+
+class _NoDelayProxyAdapter(requests.adapters.HTTPAdapter):
+    """urllib3 turns Nagle's algorithm back on for proxied connections; with TLS records written
+    separately for headers and body, each POST through a tunnel then waits ~40 ms for a delayed ACK.
+    Raw requests in tests switch it off again (the SDK clients keep urllib3's default)."""
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        proxy_kwargs.setdefault("socket_options", [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
 
 # --------------------------------------------------------------------------- the server
@@ -495,6 +507,7 @@ class Coffer:
         session.verify = self.ca
         if proxy:
             session.proxies = {"https": self.proxy, "http": self.proxy}
+            session.mount("https://", _NoDelayProxyAdapter())
         return session
 
     def arm(self, method: str, path: str, *, token: Any = _ADMIN, headers: Optional[dict] = None,
@@ -602,12 +615,15 @@ class Coffer:
             client._not_before = client._expires_on = None
         return client
 
-    def vault_request(self, method: str, url: str, *, token: Optional[str] = None, **kwargs: Any
-                      ) -> requests.Response:
-        """A raw request to a vault host through the proxy; `token` None sends no Authorization."""
+    def vault_request(self, method: str, url: str, *, token: Optional[str] = None,
+                      session: Optional[requests.Session] = None, **kwargs: Any) -> requests.Response:
+        """A raw request to a vault host through the proxy; `token` None sends no Authorization.
+        Pass a `session` from http(proxy=True) to reuse its tunnel."""
         headers = dict(kwargs.pop("headers", None) or {})
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if session is not None:
+            return session.request(method, url, headers=headers, timeout=HTTP_TIMEOUT_S, **kwargs)
         with self.http(proxy=True) as s:
             return s.request(method, url, headers=headers, timeout=HTTP_TIMEOUT_S, **kwargs)
 
@@ -638,6 +654,7 @@ class DataVault:
         self.url: str = vault.properties.vault_uri  # https://{name}.vault.coffer.internal:{port}/
         self.cred = self.coffer.credential_for(self.principal)
         self.keys = self.coffer.key_client(self.url, self.cred)
+        self.session = self.coffer.http(proxy=True)  # raw requests reuse one tunnel
 
     def reconnect(self) -> "DataVault":
         """New credential and clients, after a restart (new port) or a clock jump (stale tokens)."""
@@ -669,13 +686,14 @@ class DataVault:
             url += ("&" if "?" in url else "?") + f"api-version={api_version}"
         return url
 
-    def raw(self, method: str, path_or_url: str, *, token: Any = _PRINCIPAL, api_version: Optional[str] = API_KEYVAULT_DATA,
-            **kwargs: Any) -> requests.Response:
+    def raw(self, method: str, path_or_url: str, *, token: Any = _PRINCIPAL,
+            api_version: Optional[str] = API_KEYVAULT_DATA, **kwargs: Any) -> requests.Response:
         """A raw data-plane request as this vault's principal (`token=None`: no Authorization).
         `path_or_url` is a path like "/keys/k1/create" or a full kid-based URL."""
         if token is _PRINCIPAL:
             token = self.token()
-        return self.coffer.vault_request(method, self.url_for(path_or_url, api_version), token=token, **kwargs)
+        return self.coffer.vault_request(method, self.url_for(path_or_url, api_version), token=token,
+                                         session=self.session, **kwargs)
 
     def op(self, kid: str, operation: str, **body: Any) -> dict:
         """POST {kid}/{operation} (encrypt, decrypt, wrapkey, unwrapkey, sign, verify) on the service;

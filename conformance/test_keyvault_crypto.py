@@ -11,9 +11,7 @@ import os
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.keyvault.keys import JsonWebKey, KeyOperation
-from azure.keyvault.keys.crypto import (
-    CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm, SignatureAlgorithm,
-)
+from azure.keyvault.keys.crypto import CryptographyClient, EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -22,7 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
 from harness import (
-    EC_CURVES, b64url_decode, b64url_encode, digest, ec_jwk, error_code, oaep, public_key, rsa_jwk, sign_locally, unique,
+    EC_CURVES, b64url_decode, b64url_encode, digest, ec_jwk, error_code, oaep, public_key, rsa_jwk, sign_locally,
+    unique,
     verify_locally,
 )
 
@@ -392,3 +391,19 @@ def test_crypto_on_unknown_key_or_version_is_404(kv):
     with pytest.raises(ResourceNotFoundError) as info:
         kv.crypto(f"{kv.url}keys/{key.name}/{'0' * 32}", remote_only=True).sign("RS256", digest("RS256", b"x"))
     assert error_code(info.value) == "KeyNotFound"
+
+
+def test_outputs_keep_their_leading_zeros(kv):
+    """r||s halves and RSA outputs are fixed-length even when their big-endian value starts with a zero
+    byte (about 1 output in 128 for ES256, 1 in 256 for RSA): 500 rounds make that case near certain."""
+    ec_key = kv.keys.create_ec_key(unique("pad-ec-"), curve="P-256")
+    rsa_key = kv.keys.create_rsa_key(unique("pad-rsa-"))
+    d = digest("ES256", b"padding")
+    for i in range(500):
+        sig = b64url_decode(kv.op(ec_key.id, "sign", alg="ES256", value=d)["value"])
+        assert len(sig) == 64, f"signature {i} is {len(sig)} bytes"
+        verify_locally(ec_key.key, "ES256", d, sig)
+        rsa_sig = b64url_decode(kv.op(rsa_key.id, "sign", alg="PS256", value=d)["value"])
+        assert len(rsa_sig) == 256, f"RSA signature {i} is {len(rsa_sig)} bytes"
+        wrapped = b64url_decode(kv.op(rsa_key.id, "wrapkey", alg="RSA-OAEP", value=CEK)["value"])
+        assert len(wrapped) == 256, f"RSA ciphertext {i} is {len(wrapped)} bytes"

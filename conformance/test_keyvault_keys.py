@@ -70,6 +70,7 @@ def test_create_rsa_key(kv, size):
     assert key.name == name
     assert key.key_type == KeyType.rsa
     assert int.from_bytes(key.key.n, "big").bit_length() == size
+    assert len(key.key.n) == size // 8, "n is unsigned big-endian, no leading zero byte"
     assert int.from_bytes(key.key.e, "big") == 65537
     assert key.key.d is None and key.key.p is None and key.key.q is None, "no private material on the wire"
     assert key.key.kid == key.id
@@ -155,6 +156,31 @@ def test_get_unknown_key_or_version_is_404(kv):
     assert error_code(info.value) == "KeyNotFound"
 
 
+def test_vaults_are_isolated(coffer, kv):
+    other = coffer.data_vault(kv.rg)
+    name = unique("same-")
+    mine, theirs = kv.keys.create_rsa_key(name), other.keys.create_rsa_key(name)
+    assert mine.key.n != theirs.key.n
+    assert [p.name for p in other.keys.list_properties_of_keys()] == [name]
+    with pytest.raises(ResourceNotFoundError):
+        other.keys.get_key(name, mine.properties.version)  # a version of the other vault's key
+    other.keys.begin_delete_key(name).wait()
+    assert kv.keys.get_key(name).id == mine.id
+    assert name not in {d.name for d in kv.keys.list_deleted_keys()}
+
+
+def test_a_version_of_another_key_is_not_found(kv):
+    a, b = kv.keys.create_rsa_key(unique("a-")), kv.keys.create_rsa_key(unique("b-"))
+    wrong = f"{kv.url}keys/{a.name}/{b.properties.version}"
+    with pytest.raises(ResourceNotFoundError):
+        kv.keys.get_key(a.name, b.properties.version)
+    with pytest.raises(ResourceNotFoundError):
+        kv.keys.update_key_properties(a.name, b.properties.version, tags={"x": "y"})
+    with pytest.raises(ResourceNotFoundError):
+        kv.crypto(wrong).sign("RS256", bytes(32))
+    assert kv.keys.get_key(b.name).properties.tags == {}
+
+
 # ---------------------------------------------------------------- import
 
 @pytest.mark.parametrize("hsm", [False, True], ids=["RSA", "RSA-HSM"])
@@ -166,6 +192,7 @@ def test_import_rsa_key(kv, hsm):
     assert int.from_bytes(key.key.n, "big") == private.public_key().public_numbers().n
     assert int.from_bytes(key.key.e, "big") == 65537
     assert key.key.d is None and key.key.p is None and key.key.dp is None
+    assert ops(key) == ALL_RSA_OPS, "a JWK without key_ops gets the type's default operations"
     assert_kid(kv, key.id, name)
     assert kv.keys.get_key(name).key.n == key.key.n
 
@@ -179,6 +206,18 @@ def test_import_ec_key(kv, curve):
     numbers = private.public_key().public_numbers()
     assert (int.from_bytes(key.key.x, "big"), int.from_bytes(key.key.y, "big")) == (numbers.x, numbers.y)
     assert key.key.d is None
+    assert ops(key) == {"sign", "verify"}
+
+
+def test_ec_coordinates_keep_their_leading_zeros(kv):
+    """JWK EC coordinates are fixed-length: a point whose x starts with a zero byte is still 32 bytes."""
+    while True:  # about 1 key in 256 qualifies; generating locally is cheap
+        private = ec.generate_private_key(ec.SECP256R1())
+        if private.public_key().public_numbers().x < 1 << 248:
+            break
+    key = kv.keys.import_key(unique("imp-zero-"), ec_jwk(private, "P-256"))
+    assert len(key.key.x) == 32 and key.key.x[0] == 0
+    assert kv.keys.get_key(key.name).key.x == key.key.x
 
 
 @pytest.mark.parametrize("hsm", [False, True], ids=["oct", "oct-HSM"])
@@ -188,6 +227,7 @@ def test_import_oct_key(kv, size, hsm):
     key = kv.keys.import_key(name, JsonWebKey(kty="oct", k=bytes(range(size))), hardware_protected=hsm)
     assert key.key_type == (KeyType.oct_hsm if hsm else KeyType.oct)
     assert key.key.k is None
+    assert ops(key) == {"encrypt", "decrypt", "wrapKey", "unwrapKey"}
 
 
 def test_import_with_attributes(kv):
@@ -267,6 +307,23 @@ def test_list_key_versions_pages_past_25(kv):
     pages = _pages(kv.keys.list_properties_of_key_versions(name, max_page_size=10))
     assert all(len(page) <= 10 for page in pages) and len(pages) >= 3
     assert {p.id for page in pages for p in page} == ids
+
+
+def test_page_size_of_one(kv):
+    names = {unique("one-") for _ in range(3)}
+    for name in names:
+        kv.keys.create_ec_key(name)
+    pages = _pages(kv.keys.list_properties_of_keys(max_page_size=1))
+    assert [len(p) for p in pages] == [1, 1, 1]
+    assert {p[0].name for p in pages} == names
+
+
+@pytest.mark.parametrize("maxresults", ["26", "100", "0", "-1", "ten"])
+def test_page_size_out_of_range_is_400(kv, maxresults):
+    """Key Vault pages hold at most 25 items; a larger (or non-positive) maxresults is refused."""
+    for path in ("/keys", "/deletedkeys"):
+        r = kv.raw("GET", f"{path}?maxresults={maxresults}")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "BadParameter", f"{path}: {r.text[:300]}"
 
 
 def test_list_versions_of_unknown_key_is_404_or_empty(kv):
@@ -376,6 +433,21 @@ def test_rotation_policy_round_trip(kv):
         assert policy.created_on is not None and policy.updated_on is not None
 
 
+@pytest.mark.beyond_contract
+def test_empty_lifetime_actions_reset_the_default_policy(kv):
+    """Documented for the Key Vault clients: "You may also reset the key rotation policy to its default
+    values by setting lifetimeActions to an empty array." (KeyRotationPolicyProperties)."""
+    name = unique("pol-reset-")
+    kv.keys.create_rsa_key(name)
+    kv.keys.update_key_rotation_policy(
+        name, KeyRotationPolicy(),
+        lifetime_actions=[KeyRotationLifetimeAction(KeyRotationPolicyAction.rotate, time_after_create="P30D")])
+    kv.keys.update_key_rotation_policy(name, KeyRotationPolicy())  # sends "lifetimeActions": []
+    policy = kv.keys.get_key_rotation_policy(name)
+    assert [(a.action, a.time_after_create, a.time_before_expiry) for a in policy.lifetime_actions] == [
+        (KeyRotationPolicyAction.notify, None, "P30D")]
+
+
 def test_rotation_policy_of_unknown_key_is_404(kv):
     expect_error(404, kv.keys.get_key_rotation_policy, unique("missing-"), code="KeyNotFound")
 
@@ -388,8 +460,15 @@ def test_rotation_policy_of_unknown_key_is_404(kv):
     ([("rotate", "P7D", None)], "P1D"),
     ([("rotate", "thirty days", None)], None),  # not an ISO 8601 duration
     ([("rotate", None, None)], None),          # no trigger at all
+    ([("rotate", "P22D", None)], "P28D"),     # rotation less than 7 days before expiry
+    ([("rotate", "P30D", None), ("rotate", "P40D", None)], None),  # two Rotate actions
+    ([("rotate", "P30D", "P10D")], "P90D"),   # both triggers on one action
+    ([("notify", "P30D", None)], "P90D"),     # Notify fires only before expiry
+    ([("Explode", "P30D", None)], None),      # no such action
+    ([("notify", None, "P6D")], "P90D"),      # timeBeforeExpiry below P7D
 ], ids=["expiry-P27D", "after-create-P6D", "after-create-P6D-no-expiry", "after-create-PT1H", "expiry-P1D",
-        "not-a-duration", "no-trigger"])
+        "not-a-duration", "no-trigger", "after-create-too-close-to-expiry", "two-rotates", "two-triggers",
+        "notify-after-create", "unknown-action", "before-expiry-P6D"])
 def test_invalid_rotation_policy_is_400(kv, actions, expires_in):
     name = unique("pol-bad-")
     kv.keys.create_rsa_key(name)

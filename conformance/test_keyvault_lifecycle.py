@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from harness import (
-    b64url_encode, digest, ec_jwk, error_code, expect_error, int_bytes, oaep, public_key, rsa_jwk, unique,
-    verify_locally,
+    API_SUBSCRIPTION_ALIAS, b64url_encode, digest, ec_jwk, error_code, expect_error, int_bytes, oaep, public_key,
+    rsa_jwk, unique, vault_params, verify_locally,
 )
 
 DAY = 24 * 3600
@@ -49,6 +49,18 @@ def raw_status(kv, kid, operation, body):
     r = kv.raw("POST", f"{kid}/{operation}", json=wire)
     assert r.status_code < 500, r.text[:300]
     return r
+
+
+def leaks(secret: bytes, blob: bytes) -> list[str]:
+    """The encodings of `secret` found in `blob`: raw, hex, and base64 / base64url at every alignment
+    (whole 3-byte groups of the secret encode the same way wherever the secret sits in a larger buffer)."""
+    patterns = {"raw": secret, "hex": secret.hex().encode(), "HEX": secret.hex().upper().encode()}
+    for shift in range(3):
+        chunk = secret[shift:]
+        chunk = chunk[: len(chunk) - len(chunk) % 3]
+        patterns[f"base64@{shift}"] = base64.b64encode(chunk)
+        patterns[f"base64url@{shift}"] = base64.urlsafe_b64encode(chunk)
+    return [label for label, pattern in patterns.items() if pattern in blob]
 
 
 def rsa_material(kv, key):
@@ -111,6 +123,7 @@ def test_recover_deleted_key(kv):
     first = kv.keys.create_rsa_key(name, tags={"keep": "me"})
     second = kv.keys.create_rsa_key(name)
     wrapped = public_key(first.key).encrypt(CEK, oaep("RSA-OAEP"))
+    _rotate_every_7_days(kv, name, expires_in="P45D")
     kv.keys.begin_delete_key(name).wait()
 
     recovered = kv.keys.begin_recover_deleted_key(name).result()
@@ -120,11 +133,13 @@ def test_recover_deleted_key(kv):
     assert kv.crypto(first.id).unwrap_key("RSA-OAEP", wrapped).key == CEK
     assert name not in names(kv.keys.list_deleted_keys())
     assert_key_not_found(kv.keys.get_deleted_key, name)
+    assert kv.keys.get_key_rotation_policy(name).expires_in == "P45D", "the rotation policy comes back too"
 
 
 def test_deleted_name_cannot_be_reused_until_purged(kv):
     name = unique("reuse-")
     old = kv.keys.create_rsa_key(name)
+    _rotate_every_7_days(kv, name)
     kv.keys.begin_delete_key(name).wait()
 
     with pytest.raises(ResourceExistsError) as info:
@@ -141,6 +156,7 @@ def test_deleted_name_cannot_be_reused_until_purged(kv):
     fresh = kv.keys.create_rsa_key(name)
     assert fresh.id != old.id
     assert [p.id for p in kv.keys.list_properties_of_key_versions(name)] == [fresh.id], "old versions are gone"
+    assert kv.keys.get_key_rotation_policy(name).expires_in is None, "and so is the old rotation policy"
 
 
 def test_purge_recover_or_get_deleted_of_unknown_key_is_404(kv):
@@ -195,6 +211,35 @@ def test_list_deleted_keys_pages_past_25(kv):
     assert len(pages) >= 3 and all(len(p) <= 10 for p in pages)
     r = kv.raw("GET", "/deletedkeys")
     assert r.status_code == 200 and len(r.json()["value"]) <= 25 and r.json()["nextLink"], r.text[:300]
+
+
+def test_keys_follow_their_vault_through_delete_recover_and_purge(coffer, kv):
+    admin = coffer.mgmt_clients()
+    name, gone = unique("in-vault-"), unique("deleted-in-vault-")
+    first, second = kv.keys.create_rsa_key(name), kv.keys.create_rsa_key(name)
+    kv.keys.create_ec_key(gone)
+    kv.keys.begin_delete_key(gone).wait()
+
+    admin.keyvault.vaults.delete(kv.rg, kv.name)
+    r = kv.raw("GET", f"/keys/{name}/")
+    assert 400 <= r.status_code < 500, f"a deleted vault serves no keys: {r.status_code} {r.text[:300]}"
+
+    admin.keyvault.vaults.begin_create_or_update(
+        kv.rg, kv.name, vault_params(coffer.tenant_id, purge_protection=False, create_mode="recover")).result()
+    # As in Azure, role assignments on the vault do not come back with it.
+    coffer.assign_role(kv.vault.id, "Key Vault Administrator", kv.principal.object_id)
+    kv.reconnect()
+    assert {p.id for p in kv.keys.list_properties_of_key_versions(name)} == {first.id, second.id}
+    assert kv.keys.get_deleted_key(gone).name == gone
+
+    admin.keyvault.vaults.delete(kv.rg, kv.name)
+    admin.keyvault.vaults.begin_purge_deleted(kv.name, "eastus").result()
+    vault = coffer.create_vault(kv.rg, name=kv.name, purge_protection=False)
+    coffer.assign_role(vault.id, "Key Vault Administrator", kv.principal.object_id)
+    kv.reconnect()
+    assert list(kv.keys.list_properties_of_keys()) == [], "a purged vault takes its keys with it"
+    assert list(kv.keys.list_deleted_keys()) == []
+    assert kv.keys.create_rsa_key(name).id not in {first.id, second.id}
 
 
 # ---------------------------------------------------------------- disabled, expired, not yet valid
@@ -312,6 +357,38 @@ def test_restore_into_another_vault(coffer, kv):
     assert kv.keys.get_key(name).id == key.id, "the source vault keeps its key"
 
 
+@pytest.mark.beyond_contract
+def test_restore_into_another_subscription_is_refused(coffer, kv):
+    """Azure: "Both of the key vaults belong to the same Azure subscription" (security worlds)."""
+    r = coffer.arm("PUT", f"/providers/Microsoft.Subscription/aliases/{unique('alias-')}"
+                          f"?api-version={API_SUBSCRIPTION_ALIAS}",
+                   json={"properties": {"displayName": "restore target", "workload": "Production"}})
+    assert r.status_code in (200, 201), r.text
+    clients = coffer.mgmt_clients(subscription_id=r.json()["properties"]["subscriptionId"])
+    vault = coffer.create_vault(coffer.create_rg(clients), clients=clients)
+    coffer.assign_role(vault.id, "Key Vault Administrator", kv.principal.object_id, clients=clients)
+    target = coffer.key_client(vault.properties.vault_uri, kv.cred)
+
+    name = unique("xsub-")
+    kv.keys.create_ec_key(name)
+    with pytest.raises(HttpResponseError) as info:
+        target.restore_key_backup(kv.keys.backup_key(name))
+    assert 400 <= info.value.status_code < 500
+    assert_key_not_found(target.get_key, name)
+
+
+@pytest.mark.beyond_contract
+def test_restore_into_another_geography_is_refused(coffer, kv):
+    """Azure: "Both of the Azure regions belong to the same geography" (security worlds)."""
+    other = coffer.data_vault(kv.rg, location="westeurope")
+    name = unique("xgeo-")
+    kv.keys.create_ec_key(name)
+    with pytest.raises(HttpResponseError) as info:
+        other.keys.restore_key_backup(kv.keys.backup_key(name))
+    assert 400 <= info.value.status_code < 500
+    assert_key_not_found(other.keys.get_key, name)
+
+
 def test_restore_over_an_existing_or_deleted_name_is_409(kv):
     name = unique("dup-")
     kv.keys.create_ec_key(name)
@@ -407,6 +484,26 @@ def test_rotation_without_expiry_time(coffer_clock):
     assert latest.properties.expires_on is None
 
 
+def test_rotation_before_expiry(coffer_clock):
+    kv = coffer_clock.data_vault()
+    name = unique("auto-tbe-")
+    key = kv.keys.create_rsa_key(name, expires_on=now() + timedelta(days=10))
+    kv.keys.update_key_rotation_policy(
+        name, KeyRotationPolicy(),
+        lifetime_actions=[KeyRotationLifetimeAction(KeyRotationPolicyAction.rotate, time_before_expiry="P7D")],
+        expires_in="P28D")
+    coffer_clock.advance_clock(2 * DAY)  # expiry in 8 days: not due
+    kv.reconnect()
+    assert kv.keys.get_key(name).id == key.id
+    coffer_clock.advance_clock(2 * DAY)  # expiry in 6 days: due
+    kv.reconnect()
+    latest = kv.keys.get_key(name)
+    assert latest.id != key.id
+    assert latest.properties.expires_on - latest.properties.created_on == timedelta(days=28)
+    old = kv.keys.get_key(name, key.properties.version)
+    assert old.properties.expires_on == key.properties.expires_on, "the old version keeps its expiry"
+
+
 def test_notify_only_policy_does_not_rotate(coffer_clock):
     kv = coffer_clock.data_vault()
     name = unique("notify-")
@@ -414,6 +511,20 @@ def test_notify_only_policy_does_not_rotate(coffer_clock):
     coffer_clock.advance_clock(15 * DAY)  # inside the default Notify window (P30D before expiry)
     kv.reconnect()
     assert kv.keys.get_key(name).id == key.id
+
+
+def test_timestamps_follow_the_test_clock(coffer_clock):
+    kv = coffer_clock.data_vault()
+    name = unique("stamps-")
+    key = kv.keys.create_ec_key(name)
+    coffer_clock.advance_clock(3600)
+    kv.reconnect()
+    updated = kv.keys.update_key_properties(name, tags={"touched": "yes"})
+    assert updated.properties.created_on == key.properties.created_on
+    assert updated.properties.updated_on - key.properties.updated_on >= timedelta(hours=1)
+    deleted = kv.keys.begin_delete_key(name).result()
+    assert deleted.deleted_date >= key.properties.created_on + timedelta(hours=1)
+    assert deleted.scheduled_purge_date - deleted.deleted_date == timedelta(days=7)
 
 
 def test_scheduled_purge_after_retention(coffer_clock):
@@ -514,18 +625,6 @@ def test_keys_survive_a_restart(coffer_private):
     assert [(a.action, a.time_after_create) for a in policy.lifetime_actions] == [
         (KeyRotationPolicyAction.rotate, "P7D")]
     assert kv.keys.begin_recover_deleted_key(gone_name).result().key.n == gone.key.n
-
-
-def leaks(secret: bytes, blob: bytes) -> list[str]:
-    """The encodings of `secret` found in `blob`: raw, hex, and base64 / base64url at every alignment
-    (whole 3-byte groups of the secret encode the same way wherever the secret sits in a larger buffer)."""
-    patterns = {"raw": secret, "hex": secret.hex().encode(), "HEX": secret.hex().upper().encode()}
-    for shift in range(3):
-        chunk = secret[shift:]
-        chunk = chunk[: len(chunk) - len(chunk) % 3]
-        patterns[f"base64@{shift}"] = base64.b64encode(chunk)
-        patterns[f"base64url@{shift}"] = base64.urlsafe_b64encode(chunk)
-    return [label for label, pattern in patterns.items() if pattern in blob]
 
 
 def test_no_private_key_material_on_disk(coffer_private):

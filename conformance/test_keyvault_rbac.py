@@ -10,7 +10,8 @@ from azure.keyvault.keys import JsonWebKey, KeyRotationLifetimeAction, KeyRotati
 from azure.keyvault.keys._shared.http_challenge import HttpChallenge
 
 from harness import (
-    API_SUBSCRIPTIONS, STORAGE_SCOPE, StaticTokenCredential, digest, error_code, oaep, public_key, unique, verify_locally,
+    API_SUBSCRIPTIONS, STORAGE_SCOPE, StaticTokenCredential, digest, error_code, oaep, public_key, unique,
+    verify_locally,
 )
 
 CEK = bytes(range(32))
@@ -75,6 +76,16 @@ def test_garbage_token_gets_the_challenge(kv):
     assert_challenge(kv.coffer, kv.raw("GET", "/keys", token="not-a-jwt"))
     header, claims, _sig = kv.token().split(".")
     assert_challenge(kv.coffer, kv.raw("GET", "/keys", token=f"{header}.{claims}.AAAA"))
+
+
+def test_expired_token_gets_the_challenge(coffer_clock):
+    kv = coffer_clock.data_vault()
+    token = kv.token()
+    assert kv.raw("GET", "/keys", token=token).status_code == 200  # control
+    coffer_clock.advance_clock(7200)
+    assert_challenge(coffer_clock, kv.raw("GET", "/keys", token=token))
+    kv.reconnect()  # a new token, stamped with the test clock
+    assert kv.raw("GET", "/keys").status_code == 200
 
 
 def test_vault_token_is_refused_by_management(kv):
@@ -255,3 +266,17 @@ def test_management_role_grants_no_data_access(coffer, seeded):
     assert_rbac_denied(keys.create_rsa_key, unique("contrib-"))
     assert coffer.clients_for(principal).keyvault.vaults.get(kv.rg, kv.name).id == kv.vault.id
 
+
+
+@pytest.mark.beyond_contract
+def test_role_assigned_on_a_single_key(coffer, seeded):
+    """Azure RBAC scopes can name one key: {vault id}/keys/{name}."""
+    kv = seeded
+    principal = kv.principal_with(None)
+    coffer.assign_role(f"{kv.vault.id}/keys/{kv.rsa_key.name}", "Key Vault Crypto User", principal.object_id)
+    keys = kv.client_for(principal)
+    assert keys.get_key(kv.rsa_key.name).id == kv.rsa_key.id
+    assert kv.crypto(kv.rsa_key.id, principal).unwrap_key("RSA-OAEP", kv.rsa_wrapped).key == CEK
+    assert_rbac_denied(keys.get_key, kv.oct_key.name)
+    assert_rbac_denied(kv.crypto(kv.oct_key.id, principal, remote_only=True).unwrap_key, "A256KW", kv.oct_wrapped)
+    assert_rbac_denied(lambda: list(keys.list_properties_of_keys()))  # listing needs the vault scope

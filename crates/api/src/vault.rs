@@ -206,6 +206,38 @@ impl KvOp {
         }
     }
 
+    /// The data action the operation needs (checked before the body is parsed).
+    fn action(&self) -> &'static str {
+        use coffer_domain::keyvault::actions as a;
+        match self {
+            KvOp::Create { .. } => a::CREATE,
+            KvOp::Import { .. } => a::IMPORT,
+            KvOp::Get { .. }
+            | KvOp::List
+            | KvOp::ListVersions { .. }
+            | KvOp::ListDeleted
+            | KvOp::GetDeleted { .. }
+            | KvOp::Rng => a::READ,
+            KvOp::Update { .. } => a::UPDATE,
+            KvOp::Delete { .. } => a::DELETE,
+            KvOp::Backup { .. } => a::BACKUP,
+            KvOp::Restore => a::RESTORE,
+            KvOp::Rotate { .. } => a::ROTATE,
+            KvOp::GetPolicy { .. } => a::POLICY_READ,
+            KvOp::SetPolicy { .. } => a::POLICY_WRITE,
+            KvOp::Crypto { op, .. } => match op {
+                CryptoOp::Encrypt => a::ENCRYPT,
+                CryptoOp::Decrypt => a::DECRYPT,
+                CryptoOp::Wrap => a::WRAP,
+                CryptoOp::Unwrap => a::UNWRAP,
+                CryptoOp::Sign => a::SIGN,
+                CryptoOp::Verify => a::VERIFY,
+            },
+            KvOp::Purge { .. } => a::PURGE,
+            KvOp::Recover { .. } => a::RECOVER,
+        }
+    }
+
     fn key_name(&self) -> Option<&str> {
         match self {
             KvOp::Create { name }
@@ -808,6 +840,9 @@ async fn execute(
     let api = query.get("api-version").cloned().unwrap_or_default();
     let mut key_id = String::new();
     let result: Result<Response, DomainError> = async {
+        // Permission first: a caller without the data action learns nothing about the body.
+        kv.authorize(caller, vault, op.action(), op.key_name())
+            .await?;
         let ok = |v: Value| respond(StatusCode::OK, Some(&v), rid);
         Ok(match op {
             KvOp::Create { name } => {
@@ -947,7 +982,7 @@ async fn execute(
             KvOp::SetPolicy { name } => {
                 let (actions, expiry) = parse_policy(body)?;
                 let p = kv.set_policy(caller, vault, name, actions, expiry).await?;
-                ok(r.policy(name, Some(&p)))
+                ok(r.policy(name, p.as_ref()))
             }
             KvOp::Crypto { name, version, op } => {
                 let input = crypto_input(body, *op)?;

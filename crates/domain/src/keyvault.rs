@@ -54,6 +54,8 @@ pub mod actions {
 pub struct VaultRef {
     /// Lower-case name (its host label).
     pub name: String,
+    pub subscription: String,
+    pub location: String,
     /// ARM resource id (the RBAC scope).
     pub id: String,
     pub purge_protection: bool,
@@ -310,7 +312,8 @@ pub fn parse_duration(s: &str) -> Option<i64> {
     if let Some(t) = time {
         scan(t, &[('H', 3600), ('M', 60), ('S', 1)])?;
     }
-    Some(total)
+    // Nothing in a rotation policy needs more than a century.
+    (total <= 100 * 365 * DAY).then_some(total)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -321,6 +324,10 @@ struct BackupVersion {
 
 #[derive(Serialize, Deserialize)]
 struct Backup {
+    /// Source vault's subscription and region: restore stays in the same subscription and
+    /// geography, as in Azure.
+    subscription: String,
+    location: String,
     name: String,
     policy: Option<RotationPolicy>,
     created: i64,
@@ -418,13 +425,17 @@ impl KeyVaultService {
         let p = &r.body["properties"];
         Ok(VaultRef {
             name: r.name.to_ascii_lowercase(),
+            subscription: r.subscription_id.to_ascii_lowercase(),
+            location: r.location.clone().unwrap_or_default(),
             id: r.id.clone(),
             purge_protection: p["enablePurgeProtection"].as_bool() == Some(true),
             retention_days: p["softDeleteRetentionInDays"].as_i64().unwrap_or(90),
         })
     }
 
-    async fn authorize(
+    /// Authorize `action` at the key's scope (or the vault's). Public so that protocol layers
+    /// can check permission before they parse a request body (403 before 400).
+    pub async fn authorize(
         &self,
         caller: &Caller,
         vault: &VaultRef,
@@ -616,6 +627,7 @@ impl KeyVaultService {
         }
         let ops = p.key_ops.unwrap_or_else(|| default_ops(base));
         validate_ops(&ops)?;
+        validate_times(p.nbf, p.exp)?;
         if let Some(t) = &p.tags {
             validate_tags(t)?;
         }
@@ -659,6 +671,7 @@ impl KeyVaultService {
             .ok_or_else(|| bad("key.kty must be RSA, RSA-HSM, EC, EC-HSM, oct or oct-HSM"))?;
         let ops = key_ops.unwrap_or_else(|| default_ops(base));
         validate_ops(&ops)?;
+        validate_times(nbf, exp)?;
         if let Some(t) = &tags {
             validate_tags(t)?;
         }
@@ -709,6 +722,7 @@ impl KeyVaultService {
         self.authorize(caller, vault, actions::UPDATE, Some(name))
             .await?;
         let mut view = self.version_of(vault, name, version).await?;
+        validate_times(p.nbf.flatten(), p.exp.flatten())?;
         if let Some(ops) = p.key_ops {
             validate_ops(&ops)?;
             view.version.key_ops = ops;
@@ -894,6 +908,8 @@ impl KeyVaultService {
             });
         }
         let doc = Backup {
+            subscription: vault.subscription.clone(),
+            location: vault.location.clone(),
             name: record.name.clone(),
             policy: record.policy.clone(),
             created: record.created,
@@ -908,14 +924,25 @@ impl KeyVaultService {
     }
 
     pub async fn restore(&self, caller: &Caller, vault: &VaultRef, blob: &[u8]) -> Result<KeyView> {
+        self.authorize(caller, vault, actions::RESTORE, None)
+            .await?;
         let parsed = blob
             .strip_prefix(BACKUP_MAGIC)
             .and_then(|b| self.backup_key.open(BACKUP_AAD, b).ok())
             .ok_or_else(|| bad("the backup blob is invalid or was made by another deployment"))?;
         let doc: Backup = serde_json::from_slice(parsed.expose())
             .map_err(|_| bad("the backup blob is invalid"))?;
-        self.authorize(caller, vault, actions::RESTORE, Some(&doc.name))
-            .await?;
+        if !doc.subscription.eq_ignore_ascii_case(&vault.subscription) {
+            return Err(bad(
+                "a key backup can only be restored into a vault of the same subscription",
+            ));
+        }
+        if geography(&doc.location) != geography(&vault.location) {
+            return Err(bad(format!(
+                "a key backup can only be restored into a vault of the same geography ({} is not in the geography of {})",
+                vault.location, doc.location
+            )));
+        }
         if self
             .store
             .get_key_record(&vault.name, &doc.name)
@@ -962,7 +989,7 @@ impl KeyVaultService {
             .as_ref()
             .and_then(|p| p.expiry_time.as_deref())
             .and_then(parse_duration)
-            .map(|d| now + d);
+            .map(|d| now.saturating_add(d));
         self.store_new_version(
             vault,
             name,
@@ -1001,11 +1028,17 @@ impl KeyVaultService {
         name: &str,
         actions_: Vec<LifetimeAction>,
         expiry_time: Option<String>,
-    ) -> Result<RotationPolicy> {
+    ) -> Result<Option<RotationPolicy>> {
         self.authorize(caller, vault, actions::POLICY_WRITE, Some(name))
             .await?;
         let mut record = self.live_record(vault, name).await?;
         validate_policy(&actions_, expiry_time.as_deref())?;
+        // No lifetime actions resets the policy to the default.
+        if actions_.is_empty() && expiry_time.is_none() {
+            record.policy = None;
+            self.store.put_key(&record, None).await?;
+            return Ok(None);
+        }
         let now = self.clock.now();
         let policy = RotationPolicy {
             lifetime_actions: actions_,
@@ -1015,7 +1048,7 @@ impl KeyVaultService {
         };
         record.policy = Some(policy.clone());
         self.store.put_key(&record, None).await?;
-        Ok(policy)
+        Ok(Some(policy))
     }
 
     /// A cryptographic operation, with Key Vault's state checks.
@@ -1246,6 +1279,11 @@ pub fn validate_policy(actions: &[LifetimeAction], expiry: Option<&str>) -> Resu
                 }
                 match exp {
                     None => return Err(bad("timeBeforeExpiry needs attributes.expiryTime")),
+                    Some(e) if kind == "rotate" && d > e - 7 * DAY => {
+                        return Err(bad(
+                            "a Rotate timeBeforeExpiry must leave at least 7 days after creation (at most expiryTime - P7D)",
+                        ));
+                    }
                     Some(e) if d >= e => {
                         return Err(bad("timeBeforeExpiry must be shorter than expiryTime"));
                     }
@@ -1260,6 +1298,38 @@ pub fn validate_policy(actions: &[LifetimeAction], expiry: Option<&str>) -> Resu
         }
     }
     Ok(())
+}
+
+/// The latest time Key Vault clients can represent (9999-12-31T23:59:59Z).
+pub const MAX_TIME: i64 = 253_402_300_799;
+
+fn validate_times(nbf: Option<i64>, exp: Option<i64>) -> Result<()> {
+    for (k, v) in [("nbf", nbf), ("exp", exp)] {
+        if v.is_some_and(|t| !(0..=MAX_TIME).contains(&t)) {
+            return Err(bad(format!(
+                "attributes.{k} must be a Unix time between 0 and {MAX_TIME}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The geography of a region (restores stay within one). Regions not listed are their own.
+pub fn geography(region: &str) -> String {
+    let r = region.to_ascii_lowercase();
+    let g = match r.as_str() {
+        "eastus" | "eastus2" | "westus" | "westus2" | "westus3" | "centralus"
+        | "northcentralus" | "southcentralus" | "westcentralus" => "unitedstates",
+        "northeurope" | "westeurope" => "europe",
+        "uksouth" | "ukwest" => "unitedkingdom",
+        "francecentral" | "francesouth" => "france",
+        "germanywestcentral" | "germanynorth" => "germany",
+        "japaneast" | "japanwest" => "japan",
+        "australiaeast" | "australiasoutheast" | "australiacentral" => "australia",
+        "canadacentral" | "canadaeast" => "canada",
+        _ => return r,
+    };
+    g.to_string()
 }
 
 fn hex_lower(b: &[u8]) -> String {
