@@ -11,11 +11,12 @@ pub mod b64;
 pub mod jwt;
 pub mod keys;
 pub mod kw;
+pub mod object;
 pub mod password;
 pub mod random;
 
 /// The one opaque error of the crypto layer: no detail that could serve as an oracle.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("decryption failed")]
     Decrypt,
