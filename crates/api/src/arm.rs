@@ -11,7 +11,7 @@ use axum::response::Response;
 use coffer_domain::DomainError;
 use coffer_domain::audit::{AuditIdentity, AuditRecord};
 use coffer_domain::identity::{AuthError, Caller, Plane};
-use coffer_domain::mgmt::{IDENTITY_TYPE, Put, VAULT_TYPE};
+use coffer_domain::mgmt::{IDENTITY_TYPE, Put, STORAGE_TYPE, VAULT_TYPE};
 use coffer_secret::SecretString;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
@@ -27,6 +27,7 @@ const BODY_LIMIT: usize = 4 * 1024 * 1024;
 pub enum Kind {
     Vault,
     Identity,
+    StorageAccount,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
         match t.as_str() {
             "microsoft.keyvault/vaults" => Some(Kind::Vault),
             "microsoft.managedidentity/userassignedidentities" => Some(Kind::Identity),
+            "microsoft.storage/storageaccounts" => Some(Kind::StorageAccount),
             _ => None,
         }
     }
@@ -42,6 +44,7 @@ impl Kind {
         match self {
             Kind::Vault => VAULT_TYPE,
             Kind::Identity => IDENTITY_TYPE,
+            Kind::StorageAccount => STORAGE_TYPE,
         }
     }
 }
@@ -129,6 +132,19 @@ pub enum ArmOp {
     },
     CheckVaultName {
         sub: String,
+    },
+    CheckStorageName {
+        sub: String,
+    },
+    ListStorageKeys {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    RegenerateStorageKey {
+        sub: String,
+        rg: String,
+        name: String,
     },
     ListRoleDefinitions {
         scope: String,
@@ -294,6 +310,34 @@ impl ArmOp {
                     sub: sub.to_string(),
                 })
             }
+            [k, sub, p, ns, c]
+                if eq(k, "subscriptions")
+                    && eq(p, "providers")
+                    && eq(ns, "Microsoft.Storage")
+                    && eq(c, "checkNameAvailability")
+                    && post =>
+            {
+                Some(Self::CheckStorageName {
+                    sub: sub.to_string(),
+                })
+            }
+            [k, sub, g, rg, p, ns, ty, name, action]
+                if eq(k, "subscriptions")
+                    && eq(g, "resourceGroups")
+                    && eq(p, "providers")
+                    && eq(ns, "Microsoft.Storage")
+                    && eq(ty, "storageAccounts")
+                    && post =>
+            {
+                let (sub, rg, name) = (sub.to_string(), rg.to_string(), name.to_string());
+                if eq(action, "listKeys") {
+                    Some(Self::ListStorageKeys { sub, rg, name })
+                } else if eq(action, "regenerateKey") {
+                    Some(Self::RegenerateStorageKey { sub, rg, name })
+                } else {
+                    None
+                }
+            }
             [k, sub, p, ns, l, loc, d, name]
                 if eq(k, "subscriptions")
                     && eq(p, "providers")
@@ -407,6 +451,11 @@ impl ArmOp {
                 "Microsoft.KeyVault/locations/deletedVaults/purge/action".into()
             }
             CheckVaultName { .. } => "Microsoft.KeyVault/checkNameAvailability/read".into(),
+            CheckStorageName { .. } => "Microsoft.Storage/checknameavailability/read".into(),
+            ListStorageKeys { .. } => "Microsoft.Storage/storageAccounts/listkeys/action".into(),
+            RegenerateStorageKey { .. } => {
+                "Microsoft.Storage/storageAccounts/regeneratekey/action".into()
+            }
             ListRoleDefinitions { .. } | GetRoleDefinition { .. } => {
                 "Microsoft.Authorization/roleDefinitions/read".into()
             }
@@ -429,7 +478,11 @@ impl ArmOp {
             | ListResources { sub, .. }
             | ListTyped { sub, .. }
             | ListDeletedVaults { sub }
-            | CheckVaultName { sub } => format!("/subscriptions/{sub}"),
+            | CheckVaultName { sub }
+            | CheckStorageName { sub } => format!("/subscriptions/{sub}"),
+            ListStorageKeys { sub, rg, name } | RegenerateStorageKey { sub, rg, name } => {
+                format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{STORAGE_TYPE}/{name}")
+            }
             PutGroup { sub, rg }
             | PatchGroup { sub, rg }
             | GetGroup { sub, rg }
@@ -558,6 +611,7 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
             match *kind {
                 "vault" => "VaultNameNotValid",
                 "resource group" => "InvalidResourceGroupName",
+                "storage account" => "AccountNameInvalid",
                 _ => "InvalidResourceName",
             },
         ),
@@ -691,6 +745,8 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             | ArmOp::PatchResource { .. }
             | ArmOp::PutRoleAssignment { .. }
             | ArmOp::CheckVaultName { .. }
+            | ArmOp::CheckStorageName { .. }
+            | ArmOp::RegenerateStorageKey { .. }
             | ArmOp::AdminCreateServicePrincipal
             | ArmOp::AdminCreateUser
             | ArmOp::AdminAdvanceClock
@@ -823,6 +879,14 @@ async fn execute(
                 m.list_generic(caller, sub, rg.as_deref(), filter).await?,
                 rid,
             ),
+            ArmOp::ListTyped {
+                sub,
+                rg,
+                kind: Kind::StorageAccount,
+            } => list(
+                m.list_storage_accounts(caller, sub, rg.as_deref()).await?,
+                rid,
+            ),
             ArmOp::ListTyped { sub, rg, kind } => list(
                 m.list_typed(caller, sub, rg.as_deref(), kind.type_name())
                     .await?,
@@ -837,6 +901,11 @@ async fn execute(
                 match kind {
                     Kind::Vault => m.put_vault(caller, sub, rg, name, body).await?,
                     Kind::Identity => m.put_identity(caller, sub, rg, name, body).await?,
+                    // The Storage RP answers 200 (or 202) to a create, never 201: the SDK refuses 201.
+                    Kind::StorageAccount => Put {
+                        created: false,
+                        ..m.put_storage_account(caller, sub, rg, name, body).await?
+                    },
                 },
                 rid,
             ),
@@ -865,7 +934,22 @@ async fn execute(
                         rid,
                     )
                 }
+                Kind::StorageAccount => respond(
+                    StatusCode::OK,
+                    Some(&m.patch_storage_account(caller, sub, rg, name, body).await?),
+                    rid,
+                ),
             },
+            ArmOp::GetResource {
+                sub,
+                rg,
+                kind: Kind::StorageAccount,
+                name,
+            } => respond(
+                StatusCode::OK,
+                Some(&m.get_storage_account(caller, sub, rg, name).await?),
+                rid,
+            ),
             ArmOp::GetResource {
                 sub,
                 rg,
@@ -888,6 +972,7 @@ async fn execute(
                 let existed = match kind {
                     Kind::Vault => m.delete_vault(caller, sub, rg, name).await?,
                     Kind::Identity => m.delete_identity(caller, sub, rg, name).await?,
+                    Kind::StorageAccount => m.delete_storage_account(caller, sub, rg, name).await?,
                 };
                 respond(
                     if existed {
@@ -919,6 +1004,24 @@ async fn execute(
                 m.purge_deleted_vault(caller, sub, location, name).await?;
                 respond(StatusCode::OK, None, rid)
             }
+            ArmOp::CheckStorageName { sub } => respond(
+                StatusCode::OK,
+                Some(&m.check_storage_name(caller, sub, body).await?),
+                rid,
+            ),
+            ArmOp::ListStorageKeys { sub, rg, name } => respond(
+                StatusCode::OK,
+                Some(&m.list_storage_keys(caller, sub, rg, name).await?),
+                rid,
+            ),
+            ArmOp::RegenerateStorageKey { sub, rg, name } => respond(
+                StatusCode::OK,
+                Some(
+                    &m.regenerate_storage_key(caller, sub, rg, name, body)
+                        .await?,
+                ),
+                rid,
+            ),
             ArmOp::CheckVaultName { sub } => respond(
                 StatusCode::OK,
                 Some(&m.check_vault_name(caller, sub, body).await?),

@@ -5,6 +5,7 @@
 //! 404), then validates, then acts. Resource bodies are kept in their ARM representation.
 use std::sync::Arc;
 
+use coffer_crypto::aead::SealingKey;
 use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, rfc3339};
@@ -23,9 +24,16 @@ pub struct MgmtConfig {
     pub regions: Vec<String>,
     /// `vault.<suffix>[:port]`: a vault's URI is `https://{name}.{vault_dns_suffix}/`.
     pub vault_dns_suffix: String,
+    /// `blob.<suffix>[:port]`: an account's blob endpoint is `https://{name}.{blob_dns_suffix}/`.
+    pub blob_dns_suffix: String,
 }
 
+mod storage;
+pub use storage::{STORAGE_TYPE, validate_account_name};
+
 pub struct MgmtService {
+    /// Seals account keys and account encryption keys.
+    root: Arc<SealingKey>,
     store: Arc<dyn MetaStore>,
     rbac: Arc<Rbac>,
     identity: Arc<IdentityService>,
@@ -138,7 +146,7 @@ pub fn scope_subscription(scope: &str) -> Option<&str> {
 /// Strip server-private fields before a body goes on the wire.
 fn public(mut body: Value) -> Value {
     if let Some(m) = body.as_object_mut() {
-        m.remove("_original");
+        m.retain(|k, _| !k.starts_with('_'));
     }
     body
 }
@@ -150,8 +158,10 @@ impl MgmtService {
         identity: Arc<IdentityService>,
         clock: Arc<Clock>,
         config: MgmtConfig,
+        root: Arc<SealingKey>,
     ) -> Self {
         Self {
+            root,
             store,
             rbac,
             identity,
@@ -467,6 +477,8 @@ impl MgmtService {
                 self.soft_delete_vault(r).await?;
             } else if r.resource_type.eq_ignore_ascii_case(IDENTITY_TYPE) {
                 self.remove_identity(r).await?;
+            } else if r.resource_type.eq_ignore_ascii_case(STORAGE_TYPE) {
+                self.remove_storage_account(r).await?;
             }
         }
         self.store.delete_resource_group(sub, name).await

@@ -46,6 +46,7 @@ pub struct BootParams<'a> {
     pub dns_suffix: &'a str,
     pub origin: &'a str,
     pub vault_dns_suffix: &'a str,
+    pub blob_dns_suffix: &'a str,
     pub regions: Vec<String>,
     pub test_clock: bool,
 }
@@ -156,7 +157,9 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         MgmtConfig {
             regions: p.regions,
             vault_dns_suffix: p.vault_dns_suffix.to_string(),
+            blob_dns_suffix: p.blob_dns_suffix.to_string(),
         },
+        root.clone(),
     ));
 
     let subscription_id = if first_start {

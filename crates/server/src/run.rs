@@ -58,6 +58,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         dns_suffix: &cfg.dns_suffix,
         origin: &endpoints.origin,
         vault_dns_suffix: &endpoints.vault_dns_suffix(),
+        blob_dns_suffix: &endpoints.blob_dns_suffix(),
         regions: cfg.regions.clone(),
         test_clock: cfg.test_clock,
     })

@@ -1,0 +1,668 @@
+//! Storage accounts (`Microsoft.Storage/storageAccounts`): name rules, create with identities,
+//! PATCH with merge semantics, account keys (two 512-bit keys, stored only sealed under the
+//! root key), and the account encryption key (AEK, 256 bit, sealed under the platform key,
+//! i.e. the root key, until customer-managed keys replace that wrap).
+use coffer_crypto::{b64, random};
+use coffer_secret::SecretBytes;
+use serde_json::{Map, Value, json};
+
+use super::{Body, MgmtService, Put, bad, public, resource_id};
+use crate::clock::rfc3339;
+use crate::identity::Caller;
+use crate::model::Resource;
+use crate::rbac::ActionKind;
+use crate::{DomainError, Result};
+
+pub const STORAGE_TYPE: &str = "Microsoft.Storage/storageAccounts";
+
+const SKUS: [&str; 8] = [
+    "Standard_LRS",
+    "Standard_GRS",
+    "Standard_RAGRS",
+    "Standard_ZRS",
+    "Standard_GZRS",
+    "Standard_RAGZRS",
+    "Premium_LRS",
+    "Premium_ZRS",
+];
+const KINDS: [&str; 5] = [
+    "StorageV2",
+    "Storage",
+    "BlobStorage",
+    "BlockBlobStorage",
+    "FileStorage",
+];
+
+/// Storage account names: 3–24 lowercase letters and digits.
+pub fn validate_account_name(name: &str) -> Result<()> {
+    if (3..=24).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidName {
+            kind: "storage account",
+            name: name.chars().take(64).collect(),
+            rule: "3-24 characters of lowercase letters and digits",
+        })
+    }
+}
+
+fn key_aad(account: &str, key_name: &str) -> Vec<u8> {
+    format!("storage-account-key:{account}:{key_name}").into_bytes()
+}
+
+fn aek_aad(account: &str, version: u64) -> Vec<u8> {
+    format!("storage-aek:{account}:{version}").into_bytes()
+}
+
+/// Normalise `identity.type` (`SystemAssigned, UserAssigned` in any case/spacing).
+fn identity_kinds(t: &str) -> Result<(bool, bool)> {
+    let mut sys = false;
+    let mut user = false;
+    for part in t.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+        match part.as_str() {
+            "systemassigned" => sys = true,
+            "userassigned" => user = true,
+            "none" | "" => {}
+            _ => {
+                return Err(bad(
+                    "identity.type must be None, SystemAssigned, UserAssigned or 'SystemAssigned,UserAssigned'",
+                ));
+            }
+        }
+    }
+    Ok((sys, user))
+}
+
+impl MgmtService {
+    fn blob_endpoint(&self, name: &str) -> String {
+        format!("https://{name}.{}/", self.config.blob_dns_suffix)
+    }
+
+    /// `POST /subscriptions/{s}/providers/Microsoft.Storage/checkNameAvailability`.
+    pub async fn check_storage_name(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        body: &Value,
+    ) -> Result<Value> {
+        self.authorize(
+            caller,
+            "Microsoft.Storage/checknameavailability/read",
+            &format!("/subscriptions/{sub}"),
+        )
+        .await?;
+        let req = Body::obj(body)?;
+        let name = req
+            .str("name")?
+            .ok_or_else(|| bad("the property 'name' is required"))?;
+        if let Err(e) = validate_account_name(name) {
+            return Ok(
+                json!({"nameAvailable": false, "reason": "AccountNameInvalid", "message": e.to_string()}),
+            );
+        }
+        if self
+            .store
+            .find_resources_by_name(STORAGE_TYPE, name)
+            .await?
+            .is_empty()
+        {
+            Ok(json!({"nameAvailable": true}))
+        } else {
+            Ok(
+                json!({"nameAvailable": false, "reason": "AlreadyExists", "message": format!("The storage account named {name} is already taken.")}),
+            )
+        }
+    }
+
+    fn new_account_keys(&self, account: &str) -> Result<Value> {
+        let now = rfc3339(self.clock.now());
+        let mut keys = Vec::new();
+        for k in ["key1", "key2"] {
+            let raw = SecretBytes::new(random::bytes(64)?);
+            keys.push(json!({"keyName": k, "sealed": b64::std_encode(&self.root.seal(&key_aad(account, k), raw.expose())?), "creationTime": now}));
+        }
+        Ok(Value::Array(keys))
+    }
+
+    fn new_aek(&self, account: &str) -> Result<Value> {
+        let aek = SecretBytes::new(random::bytes(32)?);
+        Ok(
+            json!({"version": 1, "sealed": b64::std_encode(&self.root.seal(&aek_aad(account, 1), aek.expose())?), "keySource": "Microsoft.Storage"}),
+        )
+    }
+
+    /// Apply `identity` from a request to `body` (creating or removing principals).
+    async fn apply_account_identity(
+        &self,
+        body: &mut Value,
+        req: Option<Body<'_>>,
+        account_id: &str,
+        name: &str,
+    ) -> Result<()> {
+        let Some(req) = req else { return Ok(()) };
+        let t = req.str("type")?.unwrap_or("None");
+        let (sys, user) = identity_kinds(t)?;
+        let current = body.get("identity").cloned().unwrap_or(Value::Null);
+        let mut ident = Map::new();
+        // System-assigned: keep the existing principal, create one, or remove it.
+        let existing_pid = current
+            .get("principalId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if sys {
+            let pid = match existing_pid {
+                Some(p) => p,
+                None => {
+                    self.identity
+                        .create_managed_identity(account_id, name)
+                        .await?
+                        .object_id
+                }
+            };
+            ident.insert("principalId".into(), json!(pid));
+            ident.insert("tenantId".into(), json!(self.identity.tenant_id()));
+        } else if let Some(p) = existing_pid {
+            self.store.delete_principal(&p).await?;
+        }
+        if user {
+            let map = req.object("userAssignedIdentities")?.ok_or_else(|| {
+                bad("identity.userAssignedIdentities is required for UserAssigned")
+            })?;
+            let mut out = Map::new();
+            for id in map
+                .0
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                let r = self
+                    .store
+                    .get_resource(&id)
+                    .await?
+                    .filter(|r| r.resource_type.eq_ignore_ascii_case(super::IDENTITY_TYPE))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "the user-assigned identity '{}' was not found",
+                            id.chars().take(300).collect::<String>()
+                        ))
+                    })?;
+                out.insert(
+                    r.id.clone(),
+                    json!({"principalId": r.body["properties"]["principalId"], "clientId": r.body["properties"]["clientId"]}),
+                );
+            }
+            if out.is_empty() {
+                return Err(bad(
+                    "identity.userAssignedIdentities must name at least one identity",
+                ));
+            }
+            ident.insert("userAssignedIdentities".into(), Value::Object(out));
+        }
+        let type_name = match (sys, user) {
+            (true, true) => "SystemAssigned,UserAssigned",
+            (true, false) => "SystemAssigned",
+            (false, true) => "UserAssigned",
+            (false, false) => "None",
+        };
+        ident.insert("type".into(), json!(type_name));
+        body["identity"] = Value::Object(ident);
+        Ok(())
+    }
+
+    /// Merge request properties into an account body (create and PATCH).
+    fn apply_account_properties(
+        &self,
+        body: &mut Value,
+        props: Option<Body<'_>>,
+        new: bool,
+    ) -> Result<()> {
+        let p = body["properties"]
+            .as_object_mut()
+            .ok_or_else(|| DomainError::Internal("account body".into()))?;
+        let Some(req) = props else { return Ok(()) };
+        if let Some(tier) = req.str("accessTier")? {
+            if !["Hot", "Cool", "Cold", "Premium"].contains(&tier) {
+                return Err(bad("accessTier must be Hot, Cool, Cold or Premium"));
+            }
+            p.insert("accessTier".into(), json!(tier));
+        }
+        for k in [
+            "supportsHttpsTrafficOnly",
+            "allowBlobPublicAccess",
+            "allowSharedKeyAccess",
+            "isHnsEnabled",
+        ] {
+            if let Some(b) = req.bool(k)? {
+                if k == "supportsHttpsTrafficOnly" && !b {
+                    return Err(bad(
+                        "Coffer serves HTTPS only: supportsHttpsTrafficOnly cannot be false",
+                    ));
+                }
+                if k == "isHnsEnabled" && b {
+                    return Err(bad(
+                        "hierarchical namespace (isHnsEnabled) is not supported",
+                    ));
+                }
+                p.insert(k.into(), json!(b));
+            }
+        }
+        if let Some(v) = req.str("minimumTlsVersion")? {
+            if !["TLS1_0", "TLS1_1", "TLS1_2", "TLS1_3"].contains(&v) {
+                return Err(bad(
+                    "minimumTlsVersion must be TLS1_0, TLS1_1, TLS1_2 or TLS1_3",
+                ));
+            }
+            p.insert("minimumTlsVersion".into(), json!(v));
+        }
+        if let Some(acl) = req.object("networkAcls")? {
+            p.insert("networkAcls".into(), acl.0.clone());
+        }
+        if let Some(enc) = req.object("encryption")? {
+            let source = enc.str("keySource")?.unwrap_or("Microsoft.Storage");
+            if !source.eq_ignore_ascii_case("Microsoft.Storage") {
+                return Err(bad(
+                    "customer-managed keys (keySource Microsoft.Keyvault) are not available on this server yet; use Microsoft.Storage",
+                ));
+            }
+            if let Some(infra) = enc.bool("requireInfrastructureEncryption")? {
+                let cur = p["encryption"]["requireInfrastructureEncryption"]
+                    .as_bool()
+                    .unwrap_or(false);
+                if !new && infra != cur {
+                    return Err(bad(
+                        "requireInfrastructureEncryption is chosen at account creation and cannot change",
+                    ));
+                }
+                p["encryption"]["requireInfrastructureEncryption"] = json!(infra);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn put_storage_account(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Put> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(caller, "Microsoft.Storage/storageAccounts/write", &id)
+            .await?;
+        validate_account_name(name)?;
+        let req = Body::obj(body)?;
+        self.require_group(sub, rg).await?;
+        if let Some(existing) = self.store.get_resource(&id).await? {
+            // PUT on an existing account updates it (location must not change).
+            if let Some(l) = req.str("location")?
+                && !l
+                    .replace(' ', "")
+                    .eq_ignore_ascii_case(existing.location.as_deref().unwrap_or_default())
+            {
+                return Err(bad("the location of a storage account cannot change"));
+            }
+            let b = self.patch_account_body(existing, &req, name).await?;
+            return Ok(Put {
+                body: b,
+                created: false,
+            });
+        }
+        if !self
+            .store
+            .find_resources_by_name(STORAGE_TYPE, name)
+            .await?
+            .is_empty()
+        {
+            return Err(DomainError::Conflict(format!(
+                "The storage account named {name} is already taken."
+            )));
+        }
+        let location = req
+            .str("location")?
+            .ok_or_else(|| bad("the property 'location' is required"))?;
+        let location = self.check_location(location, STORAGE_TYPE)?;
+        let sku = req
+            .object("sku")?
+            .ok_or_else(|| bad("the property 'sku' is required"))?
+            .str("name")?
+            .ok_or_else(|| bad("sku.name is required"))?
+            .to_string();
+        let sku = SKUS
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(&sku))
+            .ok_or_else(|| bad(format!("sku.name must be one of {}", SKUS.join(", "))))?;
+        let kind = req.str("kind")?.unwrap_or("StorageV2");
+        let kind = KINDS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(kind))
+            .ok_or_else(|| bad(format!("kind must be one of {}", KINDS.join(", "))))?;
+        let now = rfc3339(self.clock.now());
+        let mut b = json!({
+            "id": id, "name": name, "type": STORAGE_TYPE, "location": location,
+            "sku": {"name": sku, "tier": if sku.starts_with("Premium") { "Premium" } else { "Standard" }},
+            "kind": kind,
+            "tags": req.tags()?.unwrap_or_else(|| json!({})),
+            "properties": {
+                "provisioningState": "Succeeded",
+                "creationTime": now,
+                "primaryLocation": location,
+                "statusOfPrimary": "available",
+                "accessTier": "Hot",
+                "supportsHttpsTrafficOnly": true,
+                "minimumTlsVersion": "TLS1_2",
+                "allowBlobPublicAccess": false,
+                "allowSharedKeyAccess": true,
+                "keyCreationTime": {"key1": now, "key2": now},
+                "networkAcls": {"bypass": "AzureServices", "virtualNetworkRules": [], "ipRules": [], "defaultAction": "Allow"},
+                "encryption": {
+                    "keySource": "Microsoft.Storage",
+                    "services": {
+                        "blob": {"enabled": true, "keyType": "Account", "lastEnabledTime": now},
+                        "file": {"enabled": true, "keyType": "Account", "lastEnabledTime": now}
+                    },
+                    "requireInfrastructureEncryption": false
+                }
+            }
+        });
+        self.apply_account_properties(&mut b, req.object("properties")?, true)?;
+        self.apply_account_identity(&mut b, req.object("identity")?, &id, name)
+            .await?;
+        b["_keys"] = self.new_account_keys(name)?;
+        b["_aek"] = self.new_aek(name)?;
+        self.store
+            .put_resource(&Resource {
+                id: id.clone(),
+                resource_type: STORAGE_TYPE.into(),
+                subscription_id: sub.into(),
+                resource_group: Some(rg.into()),
+                name: name.into(),
+                location: Some(location),
+                body: b.clone(),
+            })
+            .await?;
+        Ok(Put {
+            body: self.render_account(b),
+            created: true,
+        })
+    }
+
+    fn render_account(&self, b: Value) -> Value {
+        let name = b["name"].as_str().unwrap_or_default().to_string();
+        let mut b = public(b);
+        b["properties"]["primaryEndpoints"] = json!({"blob": self.blob_endpoint(&name)});
+        b
+    }
+
+    async fn patch_account_body(
+        &self,
+        existing: Resource,
+        req: &Body<'_>,
+        name: &str,
+    ) -> Result<Value> {
+        let mut b = existing.body.clone();
+        if let Some(sku) = req.object("sku")?
+            && let Some(n) = sku.str("name")?
+        {
+            let n = SKUS
+                .iter()
+                .find(|s| s.eq_ignore_ascii_case(n))
+                .ok_or_else(|| bad(format!("sku.name must be one of {}", SKUS.join(", "))))?;
+            b["sku"] = json!({"name": n, "tier": if n.starts_with("Premium") { "Premium" } else { "Standard" }});
+        }
+        if let Some(t) = req.tags()? {
+            b["tags"] = t;
+        }
+        if let Some(k) = req.str("kind")? {
+            let k = KINDS
+                .iter()
+                .find(|x| x.eq_ignore_ascii_case(k))
+                .ok_or_else(|| bad(format!("kind must be one of {}", KINDS.join(", "))))?;
+            b["kind"] = json!(k);
+        }
+        self.apply_account_properties(&mut b, req.object("properties")?, false)?;
+        self.apply_account_identity(&mut b, req.object("identity")?, &existing.id, name)
+            .await?;
+        let mut r = existing;
+        r.body = b.clone();
+        self.store.put_resource(&r).await?;
+        Ok(self.render_account(b))
+    }
+
+    pub async fn patch_storage_account(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Value> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(caller, "Microsoft.Storage/storageAccounts/write", &id)
+            .await?;
+        let req = Body::obj(body)?;
+        let existing =
+            self.store
+                .get_resource(&id)
+                .await?
+                .ok_or_else(|| DomainError::ResourceNotFound {
+                    resource_type: STORAGE_TYPE.into(),
+                    name: name.into(),
+                })?;
+        self.patch_account_body(existing, &req, name).await
+    }
+
+    pub async fn get_storage_account(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<Value> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(caller, "Microsoft.Storage/storageAccounts/read", &id)
+            .await?;
+        let r =
+            self.store
+                .get_resource(&id)
+                .await?
+                .ok_or_else(|| DomainError::ResourceNotFound {
+                    resource_type: STORAGE_TYPE.into(),
+                    name: name.into(),
+                })?;
+        Ok(self.render_account(r.body))
+    }
+
+    pub async fn list_storage_accounts(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for r in self
+            .store
+            .list_resources(sub, rg, Some(STORAGE_TYPE))
+            .await?
+        {
+            if self
+                .rbac
+                .is_allowed(
+                    &caller.object_id,
+                    "Microsoft.Storage/storageAccounts/read",
+                    ActionKind::Control,
+                    &r.id,
+                )
+                .await?
+            {
+                out.push(self.render_account(r.body));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn remove_storage_account(&self, r: Resource) -> Result<()> {
+        if let Some(pid) = r.body["identity"]["principalId"].as_str() {
+            self.store.delete_principal(pid).await?;
+        }
+        // The sealed AEK goes with the resource: the account's data is crypto-shredded.
+        self.store.delete_resource(&r.id).await?;
+        Ok(())
+    }
+
+    pub async fn delete_storage_account(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(caller, "Microsoft.Storage/storageAccounts/delete", &id)
+            .await?;
+        match self.store.get_resource(&id).await? {
+            Some(r) => {
+                self.remove_storage_account(r).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn keys_view(&self, name: &str, body: &Value) -> Result<Value> {
+        let mut keys = Vec::new();
+        for k in body["_keys"].as_array().cloned().unwrap_or_default() {
+            let key_name = k["keyName"].as_str().unwrap_or_default();
+            let sealed = b64::std_decode(k["sealed"].as_str().unwrap_or_default())
+                .ok_or_else(|| DomainError::Internal("account key encoding".into()))?;
+            let raw = self.root.open(&key_aad(name, key_name), &sealed)?;
+            keys.push(json!({
+                "keyName": key_name, "value": b64::std_encode(raw.expose()),
+                "permissions": "FULL", "creationTime": k["creationTime"]
+            }));
+        }
+        Ok(json!({"keys": keys}))
+    }
+
+    /// `POST .../listKeys`: the two account keys (the only API that returns them).
+    pub async fn list_storage_keys(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<Value> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(
+            caller,
+            "Microsoft.Storage/storageAccounts/listkeys/action",
+            &id,
+        )
+        .await?;
+        let r =
+            self.store
+                .get_resource(&id)
+                .await?
+                .ok_or_else(|| DomainError::ResourceNotFound {
+                    resource_type: STORAGE_TYPE.into(),
+                    name: name.into(),
+                })?;
+        self.keys_view(name, &r.body)
+    }
+
+    /// `POST .../regenerateKey {"keyName": "key1"|"key2"}`.
+    pub async fn regenerate_storage_key(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<Value> {
+        let id = resource_id(sub, rg, STORAGE_TYPE, name);
+        self.authorize(
+            caller,
+            "Microsoft.Storage/storageAccounts/regeneratekey/action",
+            &id,
+        )
+        .await?;
+        let req = Body::obj(body)?;
+        let which = req
+            .str("keyName")?
+            .ok_or_else(|| bad("keyName is required"))?
+            .to_ascii_lowercase();
+        if which != "key1" && which != "key2" {
+            return Err(bad("keyName must be key1 or key2"));
+        }
+        let mut r =
+            self.store
+                .get_resource(&id)
+                .await?
+                .ok_or_else(|| DomainError::ResourceNotFound {
+                    resource_type: STORAGE_TYPE.into(),
+                    name: name.into(),
+                })?;
+        let now = rfc3339(self.clock.now());
+        let raw = SecretBytes::new(random::bytes(64)?);
+        let sealed = b64::std_encode(&self.root.seal(&key_aad(name, &which), raw.expose())?);
+        if let Some(keys) = r.body["_keys"].as_array_mut() {
+            for k in keys.iter_mut() {
+                if k["keyName"] == json!(which) {
+                    k["sealed"] = json!(sealed);
+                    k["creationTime"] = json!(now);
+                }
+            }
+        }
+        r.body["properties"]["keyCreationTime"][&which] = json!(now);
+        self.store.put_resource(&r).await?;
+        self.keys_view(name, &r.body)
+    }
+
+    /// The account keys in clear, for Shared Key verification on the blob plane.
+    pub async fn account_keys(&self, name: &str) -> Result<Vec<SecretBytes>> {
+        let r = self
+            .store
+            .find_resources_by_name(STORAGE_TYPE, name)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: name.into(),
+            })?;
+        let mut out = Vec::new();
+        for k in r.body["_keys"].as_array().cloned().unwrap_or_default() {
+            let sealed = b64::std_decode(k["sealed"].as_str().unwrap_or_default())
+                .ok_or_else(|| DomainError::Internal("account key encoding".into()))?;
+            out.push(self.root.open(
+                &key_aad(name, k["keyName"].as_str().unwrap_or_default()),
+                &sealed,
+            )?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_identity_types() {
+        assert!(validate_account_name("acc1").is_ok());
+        for bad in ["ab", "Acc1", "acc-1", "a".repeat(25).as_str()] {
+            assert!(validate_account_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            identity_kinds("SystemAssigned, UserAssigned").ok(),
+            Some((true, true))
+        );
+        assert_eq!(identity_kinds("systemassigned").ok(), Some((true, false)));
+        assert_eq!(identity_kinds("None").ok(), Some((false, false)));
+        assert!(identity_kinds("Everything").is_err());
+    }
+}
