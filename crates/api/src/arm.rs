@@ -632,6 +632,11 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::VaultNameInUse(_) => (StatusCode::CONFLICT, "VaultAlreadyExists"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationFailed"),
         DomainError::VaultNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        DomainError::ContainerNotFound | DomainError::BlobNotFound => {
+            (StatusCode::NOT_FOUND, "ResourceNotFound")
+        }
+        DomainError::ContainerAlreadyExists => (StatusCode::CONFLICT, "Conflict"),
+        DomainError::InvalidRange => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
         DomainError::Internal(detail) => {

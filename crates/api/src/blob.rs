@@ -1,31 +1,33 @@
-//! The Blob data plane listener (path-style `/{account}/...` and host-style
-//! `{account}.blob.{suffix}`). Errors are XML `<Error><Code/><Message/></Error>` with an
-//! `x-ms-error-code` header, as the SDKs require. Accounts and the Blob API come with the
-//! blob storage issue; until then every request names an account that does not exist.
+//! The Blob data plane: path-style `/{account}/{container}/{blob}` and host-style
+//! `{account}.blob.{suffix}/{container}/{blob}`. Authentication: Shared Key or a bearer token
+//! for `https://storage.azure.com` (RBAC data actions). Errors are XML
+//! `<Error><Code/><Message/></Error>` with an `x-ms-error-code` header.
+//!
+//! This slice serves containers (create, properties, delete, list) and block blobs written in
+//! one request (Put Blob, Get Blob with ranges, Get Properties, Delete, List Blobs flat and
+//! hierarchical). Staged blocks, SAS, conditional requests, copies and metadata updates come
+//! next (see the blob issue).
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use http::StatusCode;
+use coffer_domain::DomainError;
+use coffer_domain::blob::{BlobAuth, ByteSource, ContentHeaders, ListItem};
+use coffer_domain::identity::Plane;
+use coffer_domain::mgmt::BlobAccount;
+use coffer_domain::model::BlobRecord;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::AppState;
+use crate::arm::bearer;
+use crate::sharedkey;
 
-pub fn xml_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let request_id = coffer_crypto::random::uuid().unwrap_or_default();
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{}\nRequestId:{request_id}</Message></Error>",
-        xml_escape(message)
-    );
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/xml")
-        .header("x-ms-error-code", code)
-        .header("x-ms-request-id", request_id)
-        .header("x-ms-version", "2026-10-06")
-        .body(Body::from(body))
-        .unwrap_or_default()
-}
+const SERVICE_VERSION: &str = "2026-10-06";
+const MAX_RESULTS: usize = 5000;
 
 pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -35,40 +37,887 @@ pub fn xml_escape(s: &str) -> String {
         .replace('\'', "&apos;")
 }
 
+fn base(status: StatusCode, rid: &str) -> http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header("x-ms-request-id", rid)
+        .header("x-ms-version", SERVICE_VERSION)
+        .header(http::header::DATE, httpdate(now()))
+}
+
+pub fn xml_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let rid = coffer_crypto::random::uuid().unwrap_or_default();
+    error_with(status, code, message, &rid)
+}
+
+fn error_with(status: StatusCode, code: &str, message: &str, rid: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{}\nRequestId:{rid}\nTime:{}</Message></Error>",
+        xml_escape(message),
+        coffer_domain::clock::rfc3339(now())
+    );
+    base(status, rid)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .header("x-ms-error-code", code)
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 1123 date, as HTTP and Azure use.
+pub fn httpdate(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Domain errors on the Blob wire (the one place this mapping happens).
+fn domain_error(e: &DomainError, rid: &str) -> Response {
+    let msg = e.to_string();
+    let (status, code) = match e {
+        DomainError::ContainerNotFound => (StatusCode::NOT_FOUND, "ContainerNotFound"),
+        DomainError::ContainerAlreadyExists => (StatusCode::CONFLICT, "ContainerAlreadyExists"),
+        DomainError::BlobNotFound => (StatusCode::NOT_FOUND, "BlobNotFound"),
+        DomainError::InvalidRange => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
+        DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
+        DomainError::InvalidName {
+            kind: "container", ..
+        } => (StatusCode::BAD_REQUEST, "InvalidResourceName"),
+        DomainError::InvalidName { .. } | DomainError::InvalidProperty(_) => {
+            (StatusCode::BAD_REQUEST, "InvalidInput")
+        }
+        DomainError::Conflict(_) => (StatusCode::CONFLICT, "BlobAlreadyExists"),
+        DomainError::ResourceNotFound { .. }
+        | DomainError::VaultNotFound(_)
+        | DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        DomainError::SubscriptionNotFound(_) | DomainError::ResourceGroupNotFound(_) => {
+            (StatusCode::NOT_FOUND, "ResourceNotFound")
+        }
+        DomainError::OperationNotAllowed(_) => (StatusCode::FORBIDDEN, "AuthorizationFailure"),
+        DomainError::LocationNotAvailable { .. }
+        | DomainError::RoleDefinitionNotFound(_)
+        | DomainError::PrincipalNotFound(_)
+        | DomainError::RoleAssignmentExists
+        | DomainError::VaultNameInUse(_) => (StatusCode::BAD_REQUEST, "InvalidInput"),
+        DomainError::Internal(detail) => {
+            tracing::error!(request_id = rid, detail = %detail, "internal error");
+            return error_with(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "The server encountered an internal error.",
+                rid,
+            );
+        }
+    };
+    error_with(status, code, &msg, rid)
+}
+
+/// A Blob operation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlobOp {
+    ListContainers,
+    CreateContainer { container: String },
+    GetContainer { container: String },
+    DeleteContainer { container: String },
+    ListBlobs { container: String },
+    PutBlob { container: String, blob: String },
+    GetBlob { container: String, blob: String },
+    HeadBlob { container: String, blob: String },
+    DeleteBlob { container: String, blob: String },
+}
+
+impl BlobOp {
+    /// `segments`: decoded path segments after the account.
+    pub fn parse(
+        method: &Method,
+        container: Option<&str>,
+        blob: Option<&str>,
+        q: &HashMap<String, String>,
+    ) -> Option<Self> {
+        let restype = q.get("restype").map(String::as_str);
+        let comp = q.get("comp").map(String::as_str);
+        match (container, blob) {
+            (None, None) if method == Method::GET && comp == Some("list") => {
+                Some(Self::ListContainers)
+            }
+            (Some(c), None) if restype == Some("container") => {
+                let container = c.to_string();
+                match (method.as_str(), comp) {
+                    ("PUT", None) => Some(Self::CreateContainer { container }),
+                    ("GET" | "HEAD", None) => Some(Self::GetContainer { container }),
+                    ("DELETE", None) => Some(Self::DeleteContainer { container }),
+                    ("GET", Some("list")) => Some(Self::ListBlobs { container }),
+                    _ => None,
+                }
+            }
+            (Some(c), Some(b)) if comp.is_none() => {
+                let (container, blob) = (c.to_string(), b.to_string());
+                match method.as_str() {
+                    "PUT" => Some(Self::PutBlob { container, blob }),
+                    "GET" => Some(Self::GetBlob { container, blob }),
+                    "HEAD" => Some(Self::HeadBlob { container, blob }),
+                    "DELETE" => Some(Self::DeleteBlob { container, blob }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = b.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
+    uri.query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default()
+}
+
+struct BodySource(Body);
+
+#[async_trait]
+impl ByteSource for BodySource {
+    async fn next_chunk(&mut self) -> coffer_domain::Result<Option<Vec<u8>>> {
+        loop {
+            match self.0.frame().await {
+                None => return Ok(None),
+                Some(Err(_)) => {
+                    return Err(DomainError::InvalidProperty(
+                        "the request body could not be read".into(),
+                    ));
+                }
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        if d.is_empty() {
+                            continue;
+                        }
+                        return Ok(Some(d.to_vec()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hv<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+fn metadata_from(h: &HeaderMap) -> Result<Vec<(String, String)>, DomainError> {
+    let mut out = Vec::new();
+    for (k, v) in h {
+        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(DomainError::InvalidProperty(format!(
+                    "invalid metadata name '{name}'"
+                )));
+            }
+            out.push((name.to_string(), v.to_str().unwrap_or("").to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Parse `bytes=a-b` / `bytes=a-` against `size`: Ok(None) = whole blob.
+fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, DomainError> {
+    let Some(r) = hv(h, "x-ms-range").or_else(|| hv(h, "range")) else {
+        return Ok(None);
+    };
+    let spec = r.strip_prefix("bytes=").ok_or(DomainError::InvalidRange)?;
+    let (a, b) = spec.split_once('-').ok_or(DomainError::InvalidRange)?;
+    let start: u64 = a.trim().parse().map_err(|_| DomainError::InvalidRange)?;
+    let end_incl: Option<u64> = if b.trim().is_empty() {
+        None
+    } else {
+        Some(b.trim().parse().map_err(|_| DomainError::InvalidRange)?)
+    };
+    if start >= size || end_incl.is_some_and(|e| e < start) {
+        return Err(DomainError::InvalidRange);
+    }
+    let end = end_incl.map(|e| (e + 1).min(size)).unwrap_or(size);
+    Ok(Some((start, end)))
+}
+
+fn blob_headers(
+    mut b: http::response::Builder,
+    rec: &BlobRecord,
+    meta: &[(String, String)],
+) -> http::response::Builder {
+    b = b
+        .header(http::header::ETAG, &rec.etag)
+        .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+        .header("x-ms-creation-time", httpdate(rec.created))
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("x-ms-server-encrypted", "true")
+        .header("x-ms-lease-status", "unlocked")
+        .header("x-ms-lease-state", "available")
+        .header("x-ms-access-tier", "Hot")
+        .header("x-ms-access-tier-inferred", "true")
+        .header(http::header::ACCEPT_RANGES, "bytes");
+    let pairs = [
+        (http::header::CONTENT_TYPE.as_str(), &rec.content_type),
+        ("content-encoding", &rec.content_encoding),
+        ("content-language", &rec.content_language),
+        ("content-disposition", &rec.content_disposition),
+        ("cache-control", &rec.cache_control),
+    ];
+    for (k, v) in pairs {
+        if let Some(v) = v {
+            b = b.header(k, v);
+        }
+    }
+    for (k, v) in meta {
+        b = b.header(format!("x-ms-meta-{k}"), v);
+    }
+    b
+}
+
+enum Auth {
+    SharedKey { account: String, signature: String },
+    Bearer(String),
+    None,
+}
+
+fn auth_of(h: &HeaderMap) -> Auth {
+    let Some(v) = hv(h, "authorization") else {
+        return Auth::None;
+    };
+    if let Some(rest) = v.strip_prefix("SharedKey ")
+        && let Some((a, s)) = rest.trim().split_once(':')
+    {
+        return Auth::SharedKey {
+            account: a.to_string(),
+            signature: s.to_string(),
+        };
+    }
+    match bearer(h) {
+        Some(t) => Auth::Bearer(t.expose().to_string()),
+        None => Auth::None,
+    }
+}
+
 pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
+    let rid = coffer_crypto::random::uuid().unwrap_or_default();
     let host = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    let raw_path = req.uri().path().to_string();
+    let mut raw_segments: Vec<&str> = raw_path.trim_start_matches('/').splitn(3, '/').collect();
     let account = match state.endpoints.account_of_host(&host) {
-        Some(a) => Some(a.to_string()),
-        None => req
-            .uri()
-            .path()
-            .split('/')
-            .find(|s| !s.is_empty())
-            .map(str::to_string),
+        Some(a) => a.to_string(),
+        None => {
+            if raw_segments.is_empty() || raw_segments[0].is_empty() {
+                return error_with(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidUri",
+                    "The request URI does not name a storage account.",
+                    &rid,
+                );
+            }
+            let a = raw_segments.remove(0).to_string();
+            // path-style: the rest may still hold container and blob
+            raw_segments = raw_path
+                .trim_start_matches('/')
+                .splitn(3, '/')
+                .skip(1)
+                .collect();
+            a
+        }
     };
-    match account {
-        None => xml_error(
+    let container = raw_segments
+        .first()
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s));
+    let blob = raw_segments
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s));
+    let (container, blob) = match (container, blob) {
+        (Some(None), _) | (_, Some(None)) => {
+            return error_with(
+                StatusCode::BAD_REQUEST,
+                "InvalidUri",
+                "The request URI is not valid UTF-8.",
+                &rid,
+            );
+        }
+        (c, b) => (c.flatten(), b.flatten()),
+    };
+    let pairs = query_pairs(req.uri());
+    let q: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let method = req.method().clone();
+    let Some(op) = BlobOp::parse(&method, container.as_deref(), blob.as_deref(), &q) else {
+        return error_with(
             StatusCode::BAD_REQUEST,
-            "InvalidUri",
-            "The request URI does not name a storage account.",
-        ),
-        Some(_) => xml_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            "The specified resource does not exist.",
-        ),
+            "UnsupportedHttpVerb",
+            "This operation is not supported on this resource.",
+            &rid,
+        );
+    };
+
+    // Authenticate.
+    let auth = match auth_of(req.headers()) {
+        Auth::SharedKey {
+            account: a,
+            signature,
+        } => {
+            if a != account {
+                return error_with(
+                    StatusCode::FORBIDDEN,
+                    "AuthenticationFailed",
+                    "The account in the Authorization header does not match the request.",
+                    &rid,
+                );
+            }
+            let keys = match state.blob.account_keys(&account).await {
+                Ok(k) => k,
+                Err(e) => return domain_error(&e, &rid),
+            };
+            let sts = sharedkey::string_to_sign(
+                method.as_str(),
+                req.headers(),
+                &account,
+                &raw_path,
+                &pairs,
+            );
+            if !sharedkey::verify(&keys, &sts, &signature) {
+                return error_with(
+                    StatusCode::FORBIDDEN,
+                    "AuthenticationFailed",
+                    "Server failed to authenticate the request. Make sure the value of Authorization header is formed correctly including the signature.",
+                    &rid,
+                );
+            }
+            BlobAuth::SharedKey
+        }
+        Auth::Bearer(token) => match state.identity.authenticate(&token, Plane::Storage).await {
+            Ok(c) => BlobAuth::Token(c),
+            Err(e) => {
+                return unauthorized(
+                    &state,
+                    &format!("Server failed to authenticate the request: {e}."),
+                    &rid,
+                );
+            }
+        },
+        Auth::None => {
+            return unauthorized(
+                &state,
+                "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.",
+                &rid,
+            );
+        }
+    };
+    let acct = match state.blob.account(&account).await {
+        Ok(a) => a,
+        Err(e) => return domain_error(&e, &rid),
+    };
+    let (parts, body) = req.into_parts();
+    execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
+        .await
+        .unwrap_or_else(|e| domain_error(&e, &rid))
+}
+
+fn unauthorized(state: &AppState, message: &str, rid: &str) -> Response {
+    let mut r = error_with(
+        StatusCode::UNAUTHORIZED,
+        "NoAuthenticationInformation",
+        message,
+        rid,
+    );
+    let v = format!(
+        "Bearer authorization_uri={}/{}/oauth2/authorize resource_id=https://storage.azure.com",
+        state.endpoints.origin,
+        state.identity.tenant_id()
+    );
+    if let Ok(h) = http::HeaderValue::from_str(&v) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, h);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    state: &AppState,
+    auth: &BlobAuth,
+    acct: &BlobAccount,
+    op: BlobOp,
+    h: &HeaderMap,
+    q: &HashMap<String, String>,
+    body: Body,
+    rid: &str,
+) -> Result<Response, DomainError> {
+    let svc = &state.blob;
+    let ok = |b: http::response::Builder| b.body(Body::empty()).unwrap_or_default();
+    Ok(match op {
+        BlobOp::CreateContainer { container } => {
+            let c = svc
+                .create_container(auth, acct, &container, &metadata_from(h)?)
+                .await?;
+            ok(base(StatusCode::CREATED, rid)
+                .header(http::header::ETAG, &c.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(c.last_modified)))
+        }
+        BlobOp::GetContainer { container } => {
+            let c = svc.get_container(auth, acct, &container).await?;
+            let mut b = base(StatusCode::OK, rid)
+                .header(http::header::ETAG, &c.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(c.last_modified))
+                .header("x-ms-lease-status", "unlocked")
+                .header("x-ms-lease-state", "available")
+                .header("x-ms-has-immutability-policy", "false")
+                .header("x-ms-has-legal-hold", "false")
+                .header("x-ms-default-encryption-scope", "$account-encryption-key")
+                .header("x-ms-deny-encryption-scope-override", "false");
+            for (k, v) in coffer_domain::blob::BlobService::open_metadata(
+                acct,
+                &container,
+                "",
+                c.metadata.as_deref(),
+            )? {
+                b = b.header(format!("x-ms-meta-{k}"), v);
+            }
+            ok(b)
+        }
+        BlobOp::DeleteContainer { container } => {
+            svc.delete_container(auth, acct, &container).await?;
+            ok(base(StatusCode::ACCEPTED, rid))
+        }
+        BlobOp::ListContainers => {
+            let prefix = q.get("prefix").cloned().unwrap_or_default();
+            let marker = q.get("marker").cloned().unwrap_or_default();
+            let max = max_results(q)?;
+            let include_meta = q
+                .get("include")
+                .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
+            let all = svc.list_containers(auth, acct).await?;
+            let mut items: Vec<_> = all
+                .into_iter()
+                .filter(|c| c.name.starts_with(&prefix) && c.name.as_str() > marker.as_str())
+                .collect();
+            let next = if items.len() > max {
+                items.get(max).map(|c| c.name.clone())
+            } else {
+                None
+            };
+            items.truncate(max);
+            let mut x = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"https://{}.{}/\"><Prefix>{}</Prefix>",
+                acct.name,
+                state.endpoints.blob_dns_suffix(),
+                xml_escape(&prefix)
+            );
+            if !marker.is_empty() {
+                x.push_str(&format!("<Marker>{}</Marker>", xml_escape(&marker)));
+            }
+            x.push_str(&format!("<MaxResults>{max}</MaxResults><Containers>"));
+            for c in &items {
+                x.push_str(&format!(
+                    "<Container><Name>{}</Name><Properties><Last-Modified>{}</Last-Modified><Etag>{}</Etag><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><DefaultEncryptionScope>$account-encryption-key</DefaultEncryptionScope><DenyEncryptionScopeOverride>false</DenyEncryptionScopeOverride><HasImmutabilityPolicy>false</HasImmutabilityPolicy><HasLegalHold>false</HasLegalHold></Properties>",
+                    xml_escape(&c.name),
+                    httpdate(c.last_modified),
+                    xml_escape(&c.etag)
+                ));
+                if include_meta {
+                    x.push_str("<Metadata>");
+                    for (k, v) in coffer_domain::blob::BlobService::open_metadata(
+                        acct,
+                        &c.name,
+                        "",
+                        c.metadata.as_deref(),
+                    )? {
+                        x.push_str(&format!("<{k}>{}</{k}>", xml_escape(&v)));
+                    }
+                    x.push_str("</Metadata>");
+                }
+                x.push_str("</Container>");
+            }
+            x.push_str(&format!(
+                "</Containers><NextMarker>{}</NextMarker></EnumerationResults>",
+                xml_escape(next.as_deref().unwrap_or(""))
+            ));
+            base(StatusCode::OK, rid)
+                .header(http::header::CONTENT_TYPE, "application/xml")
+                .body(Body::from(x))
+                .unwrap_or_default()
+        }
+        BlobOp::ListBlobs { container } => {
+            let prefix = q.get("prefix").cloned().unwrap_or_default();
+            let marker = q.get("marker").cloned().unwrap_or_default();
+            let delimiter = q.get("delimiter").cloned();
+            let max = max_results(q)?;
+            let include_meta = q
+                .get("include")
+                .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
+            let (items, next) = svc
+                .list_blobs(
+                    auth,
+                    acct,
+                    &container,
+                    &prefix,
+                    delimiter.as_deref(),
+                    &marker,
+                    max,
+                )
+                .await?;
+            let mut x = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"https://{}.{}/\" ContainerName=\"{}\"><Prefix>{}</Prefix>",
+                acct.name,
+                state.endpoints.blob_dns_suffix(),
+                xml_escape(&container),
+                xml_escape(&prefix)
+            );
+            if !marker.is_empty() {
+                x.push_str(&format!("<Marker>{}</Marker>", xml_escape(&marker)));
+            }
+            x.push_str(&format!("<MaxResults>{max}</MaxResults>"));
+            if let Some(d) = &delimiter {
+                x.push_str(&format!("<Delimiter>{}</Delimiter>", xml_escape(d)));
+            }
+            x.push_str("<Blobs>");
+            for it in &items {
+                match it {
+                    ListItem::Prefix(p) => x.push_str(&format!(
+                        "<BlobPrefix><Name>{}</Name></BlobPrefix>",
+                        xml_escape(p)
+                    )),
+                    ListItem::Blob(b) => {
+                        x.push_str(&format!(
+                            "<Blob><Name>{}</Name><Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>",
+                            xml_escape(&b.name),
+                            httpdate(b.created),
+                            httpdate(b.last_modified),
+                            xml_escape(&b.etag),
+                            b.size,
+                            xml_escape(b.content_type.as_deref().unwrap_or("")),
+                            xml_escape(b.content_encoding.as_deref().unwrap_or("")),
+                            xml_escape(b.content_language.as_deref().unwrap_or("")),
+                            xml_escape(b.content_md5.as_deref().unwrap_or("")),
+                            xml_escape(b.cache_control.as_deref().unwrap_or("")),
+                            xml_escape(b.content_disposition.as_deref().unwrap_or("")),
+                        ));
+                        if include_meta {
+                            x.push_str("<Metadata>");
+                            for (k, v) in coffer_domain::blob::BlobService::open_metadata(
+                                acct,
+                                &b.container,
+                                &b.name,
+                                b.metadata.as_deref(),
+                            )? {
+                                x.push_str(&format!("<{k}>{}</{k}>", xml_escape(&v)));
+                            }
+                            x.push_str("</Metadata>");
+                        }
+                        x.push_str("</Blob>");
+                    }
+                }
+            }
+            x.push_str(&format!(
+                "</Blobs><NextMarker>{}</NextMarker></EnumerationResults>",
+                xml_escape(next.as_deref().unwrap_or(""))
+            ));
+            base(StatusCode::OK, rid)
+                .header(http::header::CONTENT_TYPE, "application/xml")
+                .body(Body::from(x))
+                .unwrap_or_default()
+        }
+        BlobOp::PutBlob { container, blob } => {
+            match hv(h, "x-ms-blob-type") {
+                Some("BlockBlob") => {}
+                Some(_) => {
+                    return Err(DomainError::InvalidProperty(
+                        "only block blobs are supported (x-ms-blob-type: BlockBlob)".into(),
+                    ));
+                }
+                None => {
+                    return Err(DomainError::InvalidProperty(
+                        "the x-ms-blob-type header is required".into(),
+                    ));
+                }
+            }
+            let Some(len) = hv(h, "content-length").and_then(|v| v.parse::<u64>().ok()) else {
+                return Ok(error_with(
+                    StatusCode::LENGTH_REQUIRED,
+                    "MissingContentLengthHeader",
+                    "Content-Length is required.",
+                    rid,
+                ));
+            };
+            let headers = ContentHeaders {
+                content_type: hv(h, "x-ms-blob-content-type")
+                    .or_else(|| hv(h, "content-type"))
+                    .map(String::from),
+                content_encoding: hv(h, "x-ms-blob-content-encoding")
+                    .or_else(|| hv(h, "content-encoding"))
+                    .map(String::from),
+                content_language: hv(h, "x-ms-blob-content-language")
+                    .or_else(|| hv(h, "content-language"))
+                    .map(String::from),
+                content_disposition: hv(h, "x-ms-blob-content-disposition").map(String::from),
+                cache_control: hv(h, "x-ms-blob-cache-control").map(String::from),
+                content_md5: hv(h, "x-ms-blob-content-md5").map(String::from),
+            };
+            let meta = metadata_from(h)?;
+            let if_none_match_any = hv(h, "if-none-match") == Some("*");
+            let mut src = BodySource(body);
+            let rec = match svc
+                .put_blob(
+                    auth,
+                    acct,
+                    &container,
+                    &blob,
+                    len,
+                    &mut src,
+                    headers,
+                    &meta,
+                    if_none_match_any,
+                )
+                .await
+            {
+                Err(DomainError::Conflict(_)) => {
+                    return Ok(error_with(
+                        StatusCode::CONFLICT,
+                        "BlobAlreadyExists",
+                        "The specified blob already exists.",
+                        rid,
+                    ));
+                }
+                other => other?,
+            };
+            ok(base(StatusCode::CREATED, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+                .header("x-ms-request-server-encrypted", "true"))
+        }
+        BlobOp::HeadBlob { container, blob } => {
+            let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
+            let meta = coffer_domain::blob::BlobService::open_metadata(
+                acct,
+                &container,
+                &blob,
+                rec.metadata.as_deref(),
+            )?;
+            blob_headers(base(StatusCode::OK, rid), &rec, &meta)
+                .header(http::header::CONTENT_LENGTH, rec.size)
+                .body(Body::empty())
+                .unwrap_or_default()
+        }
+        BlobOp::GetBlob { container, blob } => {
+            let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
+            let meta = coffer_domain::blob::BlobService::open_metadata(
+                acct,
+                &container,
+                &blob,
+                rec.metadata.as_deref(),
+            )?;
+            let range = match parse_range(h, rec.size) {
+                Ok(r) => r,
+                Err(_) => {
+                    let mut r = error_with(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "InvalidRange",
+                        "The range specified is invalid for the current size of the resource.",
+                        rid,
+                    );
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{}", rec.size)) {
+                        r.headers_mut().insert(http::header::CONTENT_RANGE, v);
+                    }
+                    return Ok(r);
+                }
+            };
+            let (start, end, status) = match range {
+                Some((s, e)) => (s, e, StatusCode::PARTIAL_CONTENT),
+                None => (0, rec.size, StatusCode::OK),
+            };
+            let mut reader = svc.read(acct, &rec, start, end).await?;
+            // Verify the first segment before answering, so a tampered blob fails with an
+            // error status instead of a truncated 200.
+            let first = reader.next_chunk().await?;
+            let stream = futures_util::stream::unfold(
+                (Some(first), reader),
+                |(pending, mut reader)| async move {
+                    if let Some(chunk) = pending {
+                        return chunk.map(|c| {
+                            (
+                                Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
+                                (None, reader),
+                            )
+                        });
+                    }
+                    match reader.next_chunk().await {
+                        Ok(Some(c)) => Some((Ok(bytes::Bytes::from(c)), (None, reader))),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "blob read failed mid-stream");
+                            Some((
+                                Err(std::io::Error::other("blob integrity failure")),
+                                (None, reader),
+                            ))
+                        }
+                    }
+                },
+            );
+            let mut b = blob_headers(base(status, rid), &rec, &meta)
+                .header(http::header::CONTENT_LENGTH, end - start);
+            if status == StatusCode::PARTIAL_CONTENT {
+                b = b.header(
+                    http::header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{}", end - 1, rec.size),
+                );
+            } else if let Some(md5) = &rec.content_md5 {
+                b = b.header("content-md5", md5);
+            }
+            b.body(Body::from_stream(stream)).unwrap_or_default()
+        }
+        BlobOp::DeleteBlob { container, blob } => {
+            svc.delete_blob(auth, acct, &container, &blob).await?;
+            ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
+        }
+    })
+}
+
+fn max_results(q: &HashMap<String, String>) -> Result<usize, DomainError> {
+    match q.get("maxresults") {
+        None => Ok(MAX_RESULTS),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_RESULTS).contains(n))
+            .ok_or_else(|| {
+                DomainError::InvalidProperty("maxresults must be between 1 and 5000".into())
+            }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn escapes() {
-        assert_eq!(super::xml_escape("<a&'\">"), "&lt;a&amp;&apos;&quot;&gt;");
+        assert_eq!(xml_escape("<a&'\">"), "&lt;a&amp;&apos;&quot;&gt;");
+    }
+
+    #[test]
+    fn ops() {
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            BlobOp::parse(
+                &Method::PUT,
+                Some("c"),
+                None,
+                &q(&[("restype", "container")])
+            ),
+            Some(BlobOp::CreateContainer {
+                container: "c".into()
+            })
+        );
+        assert_eq!(
+            BlobOp::parse(
+                &Method::GET,
+                Some("c"),
+                None,
+                &q(&[("restype", "container"), ("comp", "list")])
+            ),
+            Some(BlobOp::ListBlobs {
+                container: "c".into()
+            })
+        );
+        assert_eq!(
+            BlobOp::parse(&Method::GET, None, None, &q(&[("comp", "list")])),
+            Some(BlobOp::ListContainers)
+        );
+        assert_eq!(
+            BlobOp::parse(&Method::GET, Some("c"), Some("a/b c"), &q(&[])),
+            Some(BlobOp::GetBlob {
+                container: "c".into(),
+                blob: "a/b c".into()
+            })
+        );
+        assert_eq!(
+            BlobOp::parse(&Method::POST, Some("c"), Some("b"), &q(&[])),
+            None
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_range(&h, 10).ok(), Some(None));
+        h.insert(
+            "x-ms-range",
+            "bytes=2-4".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(parse_range(&h, 10).ok(), Some(Some((2, 5))));
+        h.insert(
+            "x-ms-range",
+            "bytes=5-".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(parse_range(&h, 10).ok(), Some(Some((5, 10))));
+        h.insert(
+            "x-ms-range",
+            "bytes=8-100".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(parse_range(&h, 10).ok(), Some(Some((8, 10))));
+        h.insert(
+            "x-ms-range",
+            "bytes=10-".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert!(parse_range(&h, 10).is_err());
+        h.insert(
+            "x-ms-range",
+            "bytes=4-2".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert!(parse_range(&h, 10).is_err());
+        assert!(percent_decode("a%2").is_none());
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(httpdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use coffer_domain::audit::AuditSink;
+use coffer_domain::blob::BlobService;
 use coffer_domain::clock::Clock;
 use coffer_domain::identity::IdentityService;
 use coffer_domain::keyvault::KeyVaultService;
@@ -24,6 +25,7 @@ pub mod blob;
 pub mod body;
 pub mod identity;
 pub mod ops;
+pub mod sharedkey;
 pub mod vault;
 
 /// Public names and origins the server answers to.
@@ -100,6 +102,7 @@ pub struct AppState {
     pub identity: Arc<IdentityService>,
     pub mgmt: Arc<MgmtService>,
     pub keyvault: Arc<KeyVaultService>,
+    pub blob: Arc<BlobService>,
     pub audit: Arc<dyn AuditSink>,
     pub clock: Arc<Clock>,
     pub endpoints: Endpoints,

@@ -349,7 +349,15 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         | DomainError::PrincipalNotFound(_) => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
+        DomainError::ContainerAlreadyExists => {
+            kv_error(StatusCode::CONFLICT, "Conflict", &msg, None, rid)
+        }
+        DomainError::InvalidRange => {
+            kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
+        }
         DomainError::SubscriptionNotFound(_)
+        | DomainError::ContainerNotFound
+        | DomainError::BlobNotFound
         | DomainError::ResourceGroupNotFound(_)
         | DomainError::ResourceNotFound { .. } => {
             kv_error(StatusCode::NOT_FOUND, "NotFound", &msg, None, rid)

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::model::{
-    KeyRecord, KeyVersion, Principal, Resource, ResourceGroup, RoleAssignment, Subscription,
+    BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
+    RoleAssignment, Subscription,
 };
 use crate::store::MetaStore;
 
@@ -259,5 +260,52 @@ impl MetaStore for CachedStore {
         let r = self.inner.purge_vault_keys(vault).await;
         self.keys_changed();
         r
+    }
+
+    async fn create_container(&self, c: &ContainerRecord) -> Result<bool> {
+        self.inner.create_container(c).await
+    }
+    async fn put_container(&self, c: &ContainerRecord) -> Result<()> {
+        self.inner.put_container(c).await
+    }
+    async fn get_container(&self, account: &str, name: &str) -> Result<Option<ContainerRecord>> {
+        self.inner.get_container(account, name).await
+    }
+    async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>> {
+        self.inner.list_containers(account).await
+    }
+    async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
+        self.inner.delete_container(account, name).await
+    }
+    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
+        self.inner.put_blob(b).await
+    }
+    async fn get_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>> {
+        self.inner.get_blob(account, container, name).await
+    }
+    async fn list_blobs(
+        &self,
+        account: &str,
+        container: &str,
+        prefix: &str,
+        marker: &str,
+        limit: usize,
+    ) -> Result<Vec<BlobRecord>> {
+        self.inner
+            .list_blobs(account, container, prefix, marker, limit)
+            .await
+    }
+    async fn delete_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>> {
+        self.inner.delete_blob(account, container, name).await
     }
 }

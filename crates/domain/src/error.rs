@@ -50,6 +50,14 @@ pub enum DomainError {
     /// purge protection): 403 on the wire.
     #[error("{0}")]
     OperationNotAllowed(String),
+    #[error("The specified container does not exist.")]
+    ContainerNotFound,
+    #[error("The specified container already exists.")]
+    ContainerAlreadyExists,
+    #[error("The specified blob does not exist.")]
+    BlobNotFound,
+    #[error("The range specified is invalid for the current size of the resource.")]
+    InvalidRange,
     #[error("internal error: {0}")]
     Internal(String),
 }

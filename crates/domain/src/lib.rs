@@ -5,6 +5,8 @@
 //! Every decision to allow or deny goes through [`rbac::Rbac::authorize`].
 
 pub mod audit;
+pub mod blob;
+pub mod bytes;
 pub mod cache;
 pub mod clock;
 pub mod error;

@@ -29,7 +29,7 @@ pub struct MgmtConfig {
 }
 
 mod storage;
-pub use storage::{STORAGE_TYPE, validate_account_name};
+pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
 
 pub struct MgmtService {
     /// Seals account keys and account encryption keys.

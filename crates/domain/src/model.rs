@@ -171,3 +171,38 @@ pub struct KeyRecord {
     pub policy: Option<RotationPolicy>,
     pub created: i64,
 }
+
+/// A blob container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub account: String,
+    pub name: String,
+    pub etag: String,
+    pub last_modified: i64,
+    /// User metadata, sealed under the account's AEK (base64), or None.
+    pub metadata: Option<String>,
+    pub public_access: Option<String>,
+}
+
+/// A committed blob: its bytes are one encrypted object (format v1) in its region's store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub account: String,
+    pub container: String,
+    pub name: String,
+    pub region: String,
+    /// The object holding the bytes (random hex id; never derived from the blob's name).
+    pub object_id: String,
+    pub size: u64,
+    pub etag: String,
+    pub created: i64,
+    pub last_modified: i64,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_md5: Option<String>,
+    /// User metadata, sealed under the account's AEK (base64), or None.
+    pub metadata: Option<String>,
+}

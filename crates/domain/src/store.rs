@@ -5,7 +5,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::model::{
-    KeyRecord, KeyVersion, Principal, Resource, ResourceGroup, RoleAssignment, Subscription,
+    BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
+    RoleAssignment, Subscription,
 };
 
 #[async_trait]
@@ -75,4 +76,36 @@ pub trait MetaStore: Send + Sync {
     async fn purge_key(&self, vault: &str, name: &str) -> Result<()>;
     /// Remove every key of a vault for good (vault purge).
     async fn purge_vault_keys(&self, vault: &str) -> Result<()>;
+
+    /// Insert a container; false when it already exists.
+    async fn create_container(&self, c: &ContainerRecord) -> Result<bool>;
+    async fn put_container(&self, c: &ContainerRecord) -> Result<()>;
+    async fn get_container(&self, account: &str, name: &str) -> Result<Option<ContainerRecord>>;
+    async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>>;
+    /// Delete a container and its blob records; returns the deleted blobs (their objects are
+    /// the caller's to delete).
+    async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>>;
+    /// Insert or replace a blob record; returns the record it replaced.
+    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
+    async fn get_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>>;
+    /// Blobs of a container whose names start with `prefix`, in name order, after `marker`.
+    async fn list_blobs(
+        &self,
+        account: &str,
+        container: &str,
+        prefix: &str,
+        marker: &str,
+        limit: usize,
+    ) -> Result<Vec<BlobRecord>>;
+    async fn delete_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>>;
 }

@@ -35,6 +35,7 @@ pub struct Booted {
     pub identity: Arc<IdentityService>,
     pub mgmt: Arc<MgmtService>,
     pub keyvault: Arc<KeyVaultService>,
+    pub blob: Arc<coffer_domain::blob::BlobService>,
     pub tenant_id: String,
     pub subscription_id: String,
     pub first_start: bool,
@@ -162,6 +163,23 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         root.clone(),
     ));
 
+    // One byte store per region: an account's bytes stay in its region.
+    let mut regions = std::collections::HashMap::new();
+    for r in mgmt.regions() {
+        let store: Arc<dyn coffer_domain::bytes::ByteStore> = Arc::new(
+            coffer_bytes_fs::FsByteStore::new(p.data_dir.join("bytes").join(r))
+                .map_err(|e| anyhow!("{e}"))?,
+        );
+        regions.insert(r.clone(), store);
+    }
+    let blob = Arc::new(coffer_domain::blob::BlobService::new(
+        dyn_store.clone(),
+        mgmt.clone(),
+        Arc::new(Rbac::new(dyn_store.clone())?),
+        clock.clone(),
+        regions,
+    ));
+
     let subscription_id = if first_start {
         first_start_setup(
             dyn_store.as_ref(),
@@ -187,6 +205,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         identity,
         mgmt,
         keyvault,
+        blob,
         tenant_id,
         subscription_id,
         first_start,

@@ -73,6 +73,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         identity: booted.identity.clone(),
         mgmt: booted.mgmt.clone(),
         keyvault: booted.keyvault.clone(),
+        blob: booted.blob.clone(),
         audit,
         clock: booted.clock.clone(),
         endpoints: endpoints.clone(),

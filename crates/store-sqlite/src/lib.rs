@@ -9,7 +9,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use coffer_domain::audit::{AuditRecord, AuditSink};
 use coffer_domain::model::{
-    KeyRecord, KeyVersion, Principal, Resource, ResourceGroup, RoleAssignment, Subscription,
+    BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
+    RoleAssignment, Subscription,
 };
 use coffer_domain::rbac::normalize_scope;
 use coffer_domain::store::MetaStore;
@@ -104,6 +105,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("keys"),
             MigrationType::Simple,
             include_str!("../migrations/0002_keys.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("blobs"),
+            MigrationType::Simple,
+            include_str!("../migrations/0003_blobs.sql").into_sql_str(),
             false,
         ),
     ])
@@ -559,6 +567,172 @@ impl MetaStore for SqliteStore {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(())
+    }
+
+    async fn create_container(&self, c: &ContainerRecord) -> Result<bool> {
+        let r = sqlx::query("INSERT INTO containers (account, name, data) VALUES (?, ?, ?)")
+            .bind(&c.account)
+            .bind(&c.name)
+            .bind(to_json(c)?)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    async fn put_container(&self, c: &ContainerRecord) -> Result<()> {
+        sqlx::query("UPDATE containers SET data = ? WHERE account = ? AND name = ?")
+            .bind(to_json(c)?)
+            .bind(&c.account)
+            .bind(&c.name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_container(&self, account: &str, name: &str) -> Result<Option<ContainerRecord>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM containers WHERE account = ? AND name = ?")
+                .bind(account)
+                .bind(name),
+        )
+        .await
+    }
+
+    async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM containers WHERE account = ? ORDER BY name")
+                .bind(account),
+        )
+        .await
+    }
+
+    async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM containers WHERE account = ? AND name = ?")
+            .bind(account)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Ok(None);
+        }
+        let rows = sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ?")
+            .bind(account)
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let blobs = rows
+            .iter()
+            .map(|r| from_json(r.get::<&str, _>("data")))
+            .collect::<Result<Vec<BlobRecord>>>()?;
+        sqlx::query("DELETE FROM blobs WHERE account = ? AND container = ?")
+            .bind(account)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(blobs))
+    }
+
+    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let old =
+            sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
+                .bind(&b.account)
+                .bind(&b.container)
+                .bind(&b.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
+                .transpose()?;
+        sqlx::query(
+            "INSERT INTO blobs (account, container, name, data) VALUES (?, ?, ?, ?) ON CONFLICT(account, container, name) DO UPDATE SET data = excluded.data",
+        )
+        .bind(&b.account)
+        .bind(&b.container)
+        .bind(&b.name)
+        .bind(to_json(b)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(old)
+    }
+
+    async fn get_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>> {
+        self.fetch_data(
+            sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
+                .bind(account)
+                .bind(container)
+                .bind(name),
+        )
+        .await
+    }
+
+    async fn list_blobs(
+        &self,
+        account: &str,
+        container: &str,
+        prefix: &str,
+        marker: &str,
+        limit: usize,
+    ) -> Result<Vec<BlobRecord>> {
+        // Prefix match on bytes (no LIKE wildcards): substr comparison.
+        self.fetch_all_data(
+            sqlx::query(
+                "SELECT data FROM blobs WHERE account = ? AND container = ? AND substr(name, 1, length(?)) = ? AND name > ? ORDER BY name LIMIT ?",
+            )
+            .bind(account)
+            .bind(container)
+            .bind(prefix)
+            .bind(prefix)
+            .bind(marker)
+            .bind(limit as i64),
+        )
+        .await
+    }
+
+    async fn delete_blob(
+        &self,
+        account: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<BlobRecord>> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let old =
+            sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
+                .bind(account)
+                .bind(container)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
+                .transpose()?;
+        sqlx::query("DELETE FROM blobs WHERE account = ? AND container = ? AND name = ?")
+            .bind(account)
+            .bind(container)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(old)
     }
 }
 

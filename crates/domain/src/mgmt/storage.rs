@@ -647,6 +647,43 @@ impl MgmtService {
     }
 }
 
+/// What the blob plane needs of an account: its ARM id (RBAC scope), region, and unsealed AEK.
+pub struct BlobAccount {
+    pub name: String,
+    pub id: String,
+    pub region: String,
+    pub aek_id: String,
+    pub aek: SecretBytes,
+}
+
+impl MgmtService {
+    /// The account behind a blob host or path, with its AEK unsealed (the platform-key path;
+    /// customer-managed keys replace this unwrap in the next issue).
+    pub async fn blob_account(&self, name: &str) -> Result<BlobAccount> {
+        let r = self
+            .store
+            .find_resources_by_name(STORAGE_TYPE, name)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: name.into(),
+            })?;
+        let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
+        let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
+            .ok_or_else(|| DomainError::Internal("AEK encoding".into()))?;
+        let aek = self.root.open(&aek_aad(&r.name, version), &sealed)?;
+        Ok(BlobAccount {
+            name: r.name.clone(),
+            id: r.id.clone(),
+            region: r.location.clone().unwrap_or_default(),
+            aek_id: format!("{}/aek/{version}", r.name),
+            aek,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,146 @@
+//! Local-filesystem byte store: `{root}/{id[0..2]}/{id}`. Objects are written to a temporary
+//! file, fsynced, renamed into place, and the directory fsynced, so an object is either
+//! absent or complete. Ids are validated server-made hex strings: no user input becomes a path.
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use coffer_domain::bytes::{ByteStore, ObjectWriter, check_object_id};
+use coffer_domain::{DomainError, Result};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+pub struct FsByteStore {
+    root: PathBuf,
+}
+
+fn io(e: std::io::Error) -> DomainError {
+    DomainError::Internal(format!("byte store: {e}"))
+}
+
+impl FsByteStore {
+    pub fn new(root: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&root).map_err(io)?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, id: &str) -> Result<PathBuf> {
+        check_object_id(id)?;
+        Ok(self.root.join(&id[..2]).join(id))
+    }
+}
+
+struct FsWriter {
+    file: Option<tokio::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+#[async_trait]
+impl ObjectWriter for FsWriter {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.write_all(data).await.map_err(io),
+            None => Err(DomainError::Internal("writer closed".into())),
+        }
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| DomainError::Internal("writer closed".into()))?;
+        f.flush().await.map_err(io)?;
+        f.sync_all().await.map_err(io)?;
+        drop(f);
+        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io)?;
+        if let Some(dir) = self.dest.parent() {
+            sync_dir(dir).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = tokio::fs::File::open(dir).await.map_err(io)?;
+    d.sync_all().await.map_err(io)
+}
+
+#[async_trait]
+impl ByteStore for FsByteStore {
+    async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>> {
+        let dest = self.path(object_id)?;
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let tmp = dest.with_extension("tmp");
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .await
+            .map_err(io)?;
+        Ok(Box::new(FsWriter {
+            file: Some(file),
+            tmp,
+            dest,
+        }))
+    }
+
+    async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut f = tokio::fs::File::open(self.path(object_id)?)
+            .await
+            .map_err(io)?;
+        f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+        let mut buf = vec![
+            0u8;
+            usize::try_from(len)
+                .map_err(|_| DomainError::Internal("read too large".into()))?
+        ];
+        f.read_exact(&mut buf).await.map_err(io)?;
+        Ok(buf)
+    }
+
+    async fn delete(&self, object_id: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.path(object_id)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_commit_read_delete() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io)?;
+        let s = FsByteStore::new(dir.path().to_path_buf())?;
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut w = s.create(id).await?;
+        w.write(b"hello ").await?;
+        w.write(b"world").await?;
+        assert!(s.read(id, 0, 1).await.is_err(), "invisible before commit");
+        w.commit().await?;
+        assert_eq!(s.read(id, 6, 5).await?, b"world");
+        assert!(s.read(id, 6, 50).await.is_err());
+        s.delete(id).await?;
+        assert!(s.read(id, 0, 1).await.is_err());
+        // an abandoned writer leaves nothing
+        let w = s.create(id).await?;
+        drop(w);
+        assert!(s.read(id, 0, 0).await.is_err());
+        // ids are validated
+        assert!(s.create("../etc/passwd").await.is_err());
+        assert!(s.create("ABCDEF0123456789abcdef0123456789").await.is_err());
+        Ok(())
+    }
+}

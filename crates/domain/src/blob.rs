@@ -1,0 +1,637 @@
+//! The blob service: containers and block blobs, every byte encrypted at rest.
+//!
+//! A blob's bytes are one encrypted object (`docs/design/blob-format.md`) in the byte store of
+//! its account's region, under a fresh DEK wrapped by the account's AEK; user metadata is
+//! sealed under the AEK. A write becomes visible only when its metadata record commits, after
+//! the object is durable; the object it replaces is deleted afterwards (a crash in between
+//! leaves an orphan object, never a mix).
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use coffer_crypto::aead::SealingKey;
+use coffer_crypto::b64;
+use coffer_crypto::object::{
+    DEFAULT_SEGMENT_LOG2, ObjectDecryptor, ObjectEncryptor, ObjectIdentity, TAG_LEN,
+};
+use coffer_secret::SecretBytes;
+
+use crate::bytes::{ByteStore, new_object_id};
+use crate::clock::Clock;
+use crate::identity::Caller;
+use crate::mgmt::{BlobAccount, MgmtService};
+use crate::model::{BlobRecord, ContainerRecord};
+use crate::rbac::{ActionKind, Rbac};
+use crate::store::MetaStore;
+use crate::{DomainError, Result};
+
+/// How a blob request was authenticated.
+pub enum BlobAuth {
+    /// Shared Key (or an account SAS): the account key holder, full access.
+    SharedKey,
+    /// A bearer token: authorized by RBAC data actions.
+    Token(Caller),
+}
+
+pub mod actions {
+    pub const CONTAINER_READ: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/read";
+    pub const CONTAINER_WRITE: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/write";
+    pub const CONTAINER_DELETE: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/delete";
+    pub const BLOB_READ: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
+    pub const BLOB_WRITE: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write";
+    pub const BLOB_DELETE: &str =
+        "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete";
+}
+
+/// A source of request body bytes (implemented by the protocol layer).
+#[async_trait]
+pub trait ByteSource: Send {
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>>;
+}
+
+/// Content headers of a blob.
+#[derive(Debug, Clone, Default)]
+pub struct ContentHeaders {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub content_disposition: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_md5: Option<String>,
+}
+
+/// Container names: 3–63 lower-case letters, digits and single dashes, starting and ending
+/// with a letter or digit (`$root` aside).
+pub fn validate_container_name(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let ok = (3..=63).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidName {
+            kind: "container",
+            name: name.chars().take(64).collect(),
+            rule: "3-63 characters of lowercase letters, digits and single hyphens, starting and ending with a letter or digit",
+        })
+    }
+}
+
+/// Blob names: 1–1024 characters, no control characters.
+pub fn validate_blob_name(name: &str) -> Result<()> {
+    if !name.is_empty() && name.chars().count() <= 1024 && !name.chars().any(|c| c.is_control()) {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidName {
+            kind: "blob",
+            name: name.chars().take(64).collect(),
+            rule: "1-1024 characters, no control characters",
+        })
+    }
+}
+
+fn meta_aad(account: &str, container: &str, blob: &str) -> Vec<u8> {
+    format!("coffer-meta-v1\n{account}\n{container}\n{blob}").into_bytes()
+}
+
+/// One entry of a hierarchical listing.
+pub enum ListItem {
+    Blob(Box<BlobRecord>),
+    Prefix(String),
+}
+
+pub struct BlobService {
+    store: Arc<dyn MetaStore>,
+    mgmt: Arc<MgmtService>,
+    rbac: Arc<Rbac>,
+    clock: Arc<Clock>,
+    regions: HashMap<String, Arc<dyn ByteStore>>,
+}
+
+/// A decrypting reader over a range of a blob, one segment at a time.
+pub struct BlobReader {
+    bytes: Arc<dyn ByteStore>,
+    object_id: String,
+    dec: ObjectDecryptor,
+    next: u64,
+    last: u64,
+    /// Plaintext offsets [start, end) of the requested range.
+    start: u64,
+    end: u64,
+}
+
+impl BlobReader {
+    /// The next chunk of verified plaintext (never releases a segment that fails its tag).
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.next > self.last || self.start >= self.end {
+            return Ok(None);
+        }
+        let i = self.next;
+        self.next += 1;
+        let mut seg = self
+            .bytes
+            .read(
+                &self.object_id,
+                self.dec.segment_offset(i),
+                self.dec.segment_len(i),
+            )
+            .await?;
+        let plain = self.dec.open_segment(i, &mut seg).map_err(|_| {
+            DomainError::Internal("a stored blob segment failed authentication".into())
+        })?;
+        let s = self.dec.header.segment_size();
+        let seg_start = i * s;
+        let from = self.start.saturating_sub(seg_start) as usize;
+        let to = (self.end - seg_start).min(plain.len() as u64) as usize;
+        Ok(Some(plain[from.min(to)..to].to_vec()))
+    }
+}
+
+impl BlobService {
+    pub fn new(
+        store: Arc<dyn MetaStore>,
+        mgmt: Arc<MgmtService>,
+        rbac: Arc<Rbac>,
+        clock: Arc<Clock>,
+        regions: HashMap<String, Arc<dyn ByteStore>>,
+    ) -> Self {
+        Self {
+            store,
+            mgmt,
+            rbac,
+            clock,
+            regions,
+        }
+    }
+
+    pub async fn account(&self, name: &str) -> Result<BlobAccount> {
+        self.mgmt.blob_account(name).await
+    }
+
+    pub async fn account_keys(&self, name: &str) -> Result<Vec<SecretBytes>> {
+        self.mgmt.account_keys(name).await
+    }
+
+    fn bytes_for(&self, region: &str) -> Result<Arc<dyn ByteStore>> {
+        self.regions
+            .get(region)
+            .cloned()
+            .ok_or_else(|| DomainError::Internal(format!("no byte store for region {region}")))
+    }
+
+    async fn authorize(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        action: &str,
+        kind: ActionKind,
+        container: Option<&str>,
+    ) -> Result<()> {
+        match auth {
+            BlobAuth::SharedKey => Ok(()),
+            BlobAuth::Token(c) => {
+                let scope = match container {
+                    Some(ct) => format!("{}/blobServices/default/containers/{ct}", acct.id),
+                    None => acct.id.clone(),
+                };
+                self.rbac
+                    .authorize(&c.object_id, action, kind, &scope)
+                    .await
+            }
+        }
+    }
+
+    fn etag(&self) -> Result<String> {
+        let r = coffer_crypto::random::bytes(8)?;
+        Ok(format!(
+            "\"0x{}\"",
+            r.iter().map(|b| format!("{b:02X}")).collect::<String>()
+        ))
+    }
+
+    fn seal_metadata(
+        acct: &BlobAccount,
+        container: &str,
+        blob: &str,
+        meta: &[(String, String)],
+    ) -> Result<Option<String>> {
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let key = SealingKey::from_bytes(acct.aek.duplicate())?;
+        let json = serde_json::to_vec(meta).map_err(|e| DomainError::Internal(e.to_string()))?;
+        Ok(Some(b64::std_encode(
+            &key.seal(&meta_aad(&acct.name, container, blob), &json)?,
+        )))
+    }
+
+    pub fn open_metadata(
+        acct: &BlobAccount,
+        container: &str,
+        blob: &str,
+        sealed: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let Some(s) = sealed else {
+            return Ok(Vec::new());
+        };
+        let key = SealingKey::from_bytes(acct.aek.duplicate())?;
+        let raw =
+            b64::std_decode(s).ok_or_else(|| DomainError::Internal("metadata encoding".into()))?;
+        let plain = key
+            .open(&meta_aad(&acct.name, container, blob), &raw)
+            .map_err(|_| DomainError::Internal("metadata failed authentication".into()))?;
+        serde_json::from_slice(plain.expose()).map_err(|e| DomainError::Internal(e.to_string()))
+    }
+
+    // ---- containers -----------------------------------------------------------------------
+
+    pub async fn create_container(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        name: &str,
+        meta: &[(String, String)],
+    ) -> Result<ContainerRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::CONTAINER_WRITE,
+            ActionKind::Control,
+            Some(name),
+        )
+        .await?;
+        validate_container_name(name)?;
+        let c = ContainerRecord {
+            account: acct.name.clone(),
+            name: name.into(),
+            etag: self.etag()?,
+            last_modified: self.clock.now(),
+            metadata: Self::seal_metadata(acct, name, "", meta)?,
+            public_access: None,
+        };
+        if !self.store.create_container(&c).await? {
+            return Err(DomainError::ContainerAlreadyExists);
+        }
+        Ok(c)
+    }
+
+    pub async fn get_container(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        name: &str,
+    ) -> Result<ContainerRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::CONTAINER_READ,
+            ActionKind::Control,
+            Some(name),
+        )
+        .await?;
+        self.store
+            .get_container(&acct.name, name)
+            .await?
+            .ok_or(DomainError::ContainerNotFound)
+    }
+
+    pub async fn list_containers(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+    ) -> Result<Vec<ContainerRecord>> {
+        self.authorize(
+            auth,
+            acct,
+            actions::CONTAINER_READ,
+            ActionKind::Control,
+            None,
+        )
+        .await?;
+        self.store.list_containers(&acct.name).await
+    }
+
+    pub async fn delete_container(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        name: &str,
+    ) -> Result<()> {
+        self.authorize(
+            auth,
+            acct,
+            actions::CONTAINER_DELETE,
+            ActionKind::Control,
+            Some(name),
+        )
+        .await?;
+        let blobs = self
+            .store
+            .delete_container(&acct.name, name)
+            .await?
+            .ok_or(DomainError::ContainerNotFound)?;
+        for b in blobs {
+            if let Ok(store) = self.bytes_for(&b.region)
+                && let Err(e) = store.delete(&b.object_id).await
+            {
+                tracing::warn!(error = %e, "orphaned object left behind");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- blobs ----------------------------------------------------------------------------
+
+    /// Put Blob: stream `len` bytes from `body` into a new encrypted object, then commit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_blob(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        len: u64,
+        body: &mut dyn ByteSource,
+        headers: ContentHeaders,
+        meta: &[(String, String)],
+        if_none_match_any: bool,
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        validate_blob_name(name)?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        if if_none_match_any
+            && self
+                .store
+                .get_blob(&acct.name, container, name)
+                .await?
+                .is_some()
+        {
+            return Err(DomainError::Conflict(
+                "The specified blob already exists.".into(),
+            ));
+        }
+        let bytes = self.bytes_for(&acct.region)?;
+        let object_id = new_object_id()?;
+        let identity = ObjectIdentity {
+            account: acct.name.clone(),
+            container: container.into(),
+            blob: name.into(),
+            object_id: object_id.clone(),
+        };
+        let (mut enc, header) = ObjectEncryptor::new(
+            &acct.aek,
+            &acct.aek_id,
+            &identity,
+            len,
+            DEFAULT_SEGMENT_LOG2,
+        )?;
+        let mut writer = bytes.create(&object_id).await?;
+        writer.write(&header).await?;
+        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
+        let mut seen: u64 = 0;
+        while let Some(chunk) = body.next_chunk().await? {
+            seen += chunk.len() as u64;
+            if seen > len {
+                return Err(DomainError::InvalidProperty(
+                    "the body is longer than Content-Length".into(),
+                ));
+            }
+            enc.update(&chunk, &mut out)?;
+            if !out.is_empty() {
+                writer.write(&out).await?;
+                out.clear();
+            }
+        }
+        if seen != len {
+            return Err(DomainError::InvalidProperty(
+                "the body is shorter than Content-Length".into(),
+            ));
+        }
+        enc.finish(&mut out)?;
+        writer.write(&out).await?;
+        writer.commit().await?;
+        let now = self.clock.now();
+        let rec = BlobRecord {
+            account: acct.name.clone(),
+            container: container.into(),
+            name: name.into(),
+            region: acct.region.clone(),
+            object_id,
+            size: len,
+            etag: self.etag()?,
+            created: now,
+            last_modified: now,
+            content_type: headers
+                .content_type
+                .or_else(|| Some("application/octet-stream".into())),
+            content_encoding: headers.content_encoding,
+            content_language: headers.content_language,
+            content_disposition: headers.content_disposition,
+            cache_control: headers.cache_control,
+            content_md5: headers.content_md5,
+            metadata: Self::seal_metadata(acct, container, name, meta)?,
+        };
+        if let Some(old) = self.store.put_blob(&rec).await?
+            && let Err(e) = bytes.delete(&old.object_id).await
+        {
+            tracing::warn!(error = %e, "orphaned object left behind");
+        }
+        Ok(rec)
+    }
+
+    pub async fn get_blob_record(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_READ,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        self.store
+            .get_blob(&acct.name, container, name)
+            .await?
+            .ok_or(DomainError::BlobNotFound)
+    }
+
+    /// A reader of plaintext bytes `[start, end)` of a blob (`end` ≤ size).
+    pub async fn read(
+        &self,
+        acct: &BlobAccount,
+        rec: &BlobRecord,
+        start: u64,
+        end: u64,
+    ) -> Result<BlobReader> {
+        let bytes = self.bytes_for(&rec.region)?;
+        let identity = ObjectIdentity {
+            account: rec.account.clone(),
+            container: rec.container.clone(),
+            blob: rec.name.clone(),
+            object_id: rec.object_id.clone(),
+        };
+        // Header: 24 fixed bytes up to the AEK id length, the id, its wrapped-DEK length byte
+        // and the 40-byte wrapped DEK (docs/design/blob-format.md).
+        let fixed = bytes.read(&rec.object_id, 0, 24).await?;
+        let header_len = 24 + u64::from(fixed[23]) + 1 + 40;
+        let head = bytes.read(&rec.object_id, 0, header_len).await?;
+        let dec = ObjectDecryptor::new(&acct.aek, &head, &identity).map_err(|_| {
+            DomainError::Internal("a stored blob header failed authentication".into())
+        })?;
+        if dec.header.plaintext_len != rec.size {
+            return Err(DomainError::Internal("stored blob size mismatch".into()));
+        }
+        let (first, last) = if start < end {
+            dec.segments_for(start, end)
+        } else {
+            (1, 0)
+        };
+        Ok(BlobReader {
+            bytes,
+            object_id: rec.object_id.clone(),
+            dec,
+            next: first,
+            last,
+            start,
+            end,
+        })
+    }
+
+    pub async fn delete_blob(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+    ) -> Result<()> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_DELETE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let old = self
+            .store
+            .delete_blob(&acct.name, container, name)
+            .await?
+            .ok_or(DomainError::BlobNotFound)?;
+        if let Err(e) = self.bytes_for(&old.region)?.delete(&old.object_id).await {
+            tracing::warn!(error = %e, "orphaned object left behind");
+        }
+        Ok(())
+    }
+
+    /// List blobs (flat, or hierarchical with a delimiter). Returns the items and the next
+    /// marker when more remain.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list_blobs(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        marker: &str,
+        max: usize,
+    ) -> Result<(Vec<ListItem>, Option<String>)> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_READ,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let mut items = Vec::new();
+        let mut cursor = marker.to_string();
+        let mut last_prefix: Option<String> = None;
+        loop {
+            let batch = self
+                .store
+                .list_blobs(&acct.name, container, prefix, &cursor, 1000)
+                .await?;
+            let exhausted = batch.len() < 1000;
+            for b in batch {
+                cursor = b.name.clone();
+                let rest = &b.name[prefix.len()..];
+                let item_prefix = delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                    rest.find(d)
+                        .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
+                });
+                match item_prefix {
+                    Some(p) if last_prefix.as_deref() == Some(p.as_str()) => continue,
+                    Some(p) => {
+                        if items.len() == max {
+                            return Ok((items, Some(b.name)));
+                        }
+                        last_prefix = Some(p.clone());
+                        items.push(ListItem::Prefix(p));
+                    }
+                    None => {
+                        if items.len() == max {
+                            return Ok((items, Some(b.name)));
+                        }
+                        items.push(ListItem::Blob(Box::new(b)));
+                    }
+                }
+            }
+            if exhausted {
+                return Ok((items, None));
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The byte store: where encrypted objects live (local files by default; S3 or Azure Blob
+//! later). Everything handed to it is already ciphertext bound to its identity, so a byte
+//! store is untrusted by construction. Each region has its own store.
+//!
+//! Object ids are random lower-case hex strings made by the server; a store must refuse any
+//! other id (no user-controlled path ever reaches a filesystem or bucket key).
+use async_trait::async_trait;
+
+use crate::{DomainError, Result};
+
+/// An object being written. Nothing is visible until [`commit`](ObjectWriter::commit)
+/// returns; dropping the writer without committing discards what was written.
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Make the object durable and visible.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+#[async_trait]
+pub trait ByteStore: Send + Sync {
+    async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Read `len` bytes at `offset` (fails if the object is shorter).
+    async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    async fn delete(&self, object_id: &str) -> Result<()>;
+}
+
+/// Object ids: 32 lower-case hex characters.
+pub fn check_object_id(id: &str) -> Result<()> {
+    if id.len() == 32
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        Ok(())
+    } else {
+        Err(DomainError::Internal("invalid object id".into()))
+    }
+}
+
+pub fn new_object_id() -> Result<String> {
+    Ok(coffer_crypto::random::bytes(16)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
