@@ -780,9 +780,15 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         Value::Null
     };
     let start = std::time::Instant::now();
-    let resp = execute(&state, &caller, &op, &body, &query, &request_id).await;
-    let status = resp.status();
     let is_write = method != Method::GET && method != Method::HEAD;
+    let guard = if is_write {
+        Some(state.mgmt.write_guard().await)
+    } else {
+        None
+    };
+    let resp = execute(&state, &caller, &op, &body, &query, &request_id).await;
+    drop(guard);
+    let status = resp.status();
     if is_write || status == StatusCode::FORBIDDEN {
         let rec = AuditRecord {
             time: state.clock.now(),

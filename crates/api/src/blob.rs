@@ -538,7 +538,7 @@ async fn execute(
                 .filter(|c| c.name.starts_with(&prefix) && c.name.as_str() > marker.as_str())
                 .collect();
             let next = if items.len() > max {
-                items.get(max).map(|c| c.name.clone())
+                items.get(max - 1).map(|c| c.name.clone())
             } else {
                 None
             };

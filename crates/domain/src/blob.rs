@@ -596,8 +596,11 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
+        // Markers are exclusive: the next page starts after the last item of this one. A
+        // collapsed prefix's marker sorts after every name under it.
         let mut items = Vec::new();
         let mut cursor = marker.to_string();
+        let mut last_marker = String::new();
         let mut last_prefix: Option<String> = None;
         loop {
             let batch = self
@@ -612,19 +615,22 @@ impl BlobService {
                     rest.find(d)
                         .map(|i| format!("{prefix}{}", &rest[..i + d.len()]))
                 });
+                if let Some(p) = &item_prefix
+                    && last_prefix.as_deref() == Some(p.as_str())
+                {
+                    continue;
+                }
+                if items.len() == max {
+                    return Ok((items, Some(last_marker)));
+                }
                 match item_prefix {
-                    Some(p) if last_prefix.as_deref() == Some(p.as_str()) => continue,
                     Some(p) => {
-                        if items.len() == max {
-                            return Ok((items, Some(b.name)));
-                        }
+                        last_marker = format!("{p}\u{10FFFF}");
                         last_prefix = Some(p.clone());
                         items.push(ListItem::Prefix(p));
                     }
                     None => {
-                        if items.len() == max {
-                            return Ok((items, Some(b.name)));
-                        }
+                        last_marker = b.name.clone();
                         items.push(ListItem::Blob(Box::new(b)));
                     }
                 }

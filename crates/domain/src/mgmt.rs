@@ -32,6 +32,10 @@ mod storage;
 pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
 
 pub struct MgmtService {
+    /// Serialises management writes: they read, check and write back resource documents
+    /// (name reservations, identities, account keys), so two concurrent writes must not
+    /// interleave. Management writes are rare; the data planes never take this lock.
+    writes: tokio::sync::Mutex<()>,
     /// Seals account keys and account encryption keys.
     root: Arc<SealingKey>,
     store: Arc<dyn MetaStore>,
@@ -161,6 +165,7 @@ impl MgmtService {
         root: Arc<SealingKey>,
     ) -> Self {
         Self {
+            writes: tokio::sync::Mutex::new(()),
             root,
             store,
             rbac,
@@ -168,6 +173,11 @@ impl MgmtService {
             clock,
             config,
         }
+    }
+
+    /// Hold this while performing a management write (see `writes`).
+    pub async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
     }
 
     pub fn regions(&self) -> &[String] {

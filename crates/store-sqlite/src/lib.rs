@@ -114,6 +114,13 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0003_blobs.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            4,
+            Cow::Borrowed("unique global names"),
+            MigrationType::Simple,
+            include_str!("../migrations/0004_unique_names.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -340,11 +347,16 @@ impl MetaStore for SqliteStore {
             .bind(lc(&r.resource_type))
             .bind(lc(&r.subscription_id))
             .bind(r.resource_group.as_deref().map(lc))
-            .bind(lc(&r.name))
+                        .bind(lc(&r.name))
             .bind(to_json(r)?)
             .execute(&self.pool)
             .await
-            .map_err(db_err)?;
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    DomainError::Conflict(format!("The name '{}' is already in use.", r.name))
+                }
+                e => db_err(e),
+            })?;
         Ok(!existed)
     }
 

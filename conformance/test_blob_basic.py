@@ -1,0 +1,173 @@
+"""Blob data plane, first slice: containers and single-request block blobs with the official
+azure-storage-blob SDK (Shared Key and bearer credentials), encryption at rest checked on disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.mgmt.storage import models as sm
+from azure.storage.blob import BlobServiceClient
+
+from harness import unique
+
+
+def _account_name() -> str:
+    return "acc" + uuid.uuid4().hex[:12]
+
+
+def _storage(coffer, cred=None):
+    from azure.mgmt.storage import StorageManagementClient
+    return StorageManagementClient(cred or coffer.credential(), coffer.subscription_id, base_url=coffer.management,
+                                   credential_scopes=["https://management.core.windows.net//.default"],
+                                   connection_verify=coffer.ca)
+
+
+@pytest.fixture
+def account(coffer, rg):
+    name = _account_name()
+    st = _storage(coffer)
+    acct = st.storage_accounts.begin_create(rg, name, sm.StorageAccountCreateParameters(
+        sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+    key = st.storage_accounts.list_keys(rg, name)["keys"][0].value
+    return {"name": name, "id": acct.id, "key": key, "rg": rg}
+
+
+def _client(coffer, account, key=None) -> BlobServiceClient:
+    return BlobServiceClient(f"{coffer.endpoints['blob']}/{account['name']}",
+                             credential={"account_name": account["name"], "account_key": key or account["key"]},
+                             connection_verify=coffer.ca)
+
+
+def test_container_lifecycle(coffer, account):
+    svc = _client(coffer, account)
+    name = unique("c-").lower()
+    svc.create_container(name, metadata={"team": "keys"})
+    with pytest.raises(ResourceExistsError):
+        svc.create_container(name)
+    props = svc.get_container_client(name).get_container_properties()
+    assert props.metadata == {"team": "keys"}
+    assert name in [c.name for c in svc.list_containers()]
+    listed = {c.name: c for c in svc.list_containers(include_metadata=True)}
+    assert listed[name].metadata == {"team": "keys"}
+    svc.delete_container(name)
+    with pytest.raises(ResourceNotFoundError):
+        svc.get_container_client(name).get_container_properties()
+    with pytest.raises(HttpResponseError) as info:
+        svc.create_container("A_b")
+    assert info.value.status_code == 400
+
+
+@pytest.mark.parametrize("blob_name", ["plain.bin", "dir/file one.txt", "ünïcødé/名前.dat", "a+b%20c.bin"])
+def test_round_trip_is_byte_exact(coffer, account, blob_name):
+    cc = _client(coffer, account).create_container(unique("rt-").lower())
+    data = os.urandom(200_003)
+    cc.upload_blob(blob_name, data, metadata={"a1": "one", "a_1": "two"})
+    got = cc.download_blob(blob_name).readall()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    props = cc.get_blob_client(blob_name).get_blob_properties()
+    assert props.size == len(data)
+    assert props.metadata == {"a1": "one", "a_1": "two"}
+    assert props.server_encrypted is True
+    assert cc.download_blob(blob_name, offset=65_530, length=70_000).readall() == data[65_530:135_530]
+    assert cc.download_blob(blob_name, offset=len(data) - 3).readall() == data[-3:]
+
+
+def test_empty_blob_and_overwrite_rules(coffer, account):
+    cc = _client(coffer, account).create_container(unique("em-").lower())
+    cc.upload_blob("empty", b"")
+    assert cc.download_blob("empty").readall() == b""
+    with pytest.raises(ResourceExistsError):
+        cc.upload_blob("empty", b"x")  # overwrite=False sends If-None-Match: *
+    cc.upload_blob("empty", b"now full", overwrite=True)
+    assert cc.download_blob("empty").readall() == b"now full"
+
+
+def test_listing_flat_hierarchical_and_paged(coffer, account):
+    cc = _client(coffer, account).create_container(unique("ls-").lower())
+    names = ["a/1", "a/2", "a/b/3", "b/4", "top", "zz"]
+    for n in names:
+        cc.upload_blob(n, n.encode())
+    assert [b.name for b in cc.list_blobs()] == names
+    assert [b.name for b in cc.list_blobs(name_starts_with="a/")] == ["a/1", "a/2", "a/b/3"]
+    # The SDK yields a page's prefixes before its blobs.
+    assert [b.name for b in cc.walk_blobs(delimiter="/")] == ["a/", "b/", "top", "zz"]
+    assert [b.name for b in cc.walk_blobs(name_starts_with="a/", delimiter="/")] == ["a/b/", "a/1", "a/2"]
+    pages = list(cc.list_blobs(results_per_page=2).by_page())
+    assert [[b.name for b in p] for p in pages] == [names[0:2], names[2:4], names[4:6]]
+
+
+def test_delete_blob(coffer, account):
+    cc = _client(coffer, account).create_container(unique("dl-").lower())
+    cc.upload_blob("x", b"1")
+    cc.delete_blob("x")
+    with pytest.raises(ResourceNotFoundError) as info:
+        cc.download_blob("x").readall()
+    assert info.value.error_code == "BlobNotFound"
+    with pytest.raises(ResourceNotFoundError):
+        cc.delete_blob("x")
+
+
+def test_wrong_account_key_is_403(coffer, account):
+    bad = _client(coffer, account, key=base64.b64encode(os.urandom(64)).decode())
+    with pytest.raises(ClientAuthenticationError) as info:
+        list(bad.list_containers())
+    assert info.value.status_code == 403
+    assert info.value.error_code == "AuthenticationFailed"
+
+
+def test_bearer_tokens_follow_rbac(coffer, account):
+    container = unique("rb-").lower()
+    _client(coffer, account).create_container(container).upload_blob("seed", b"seed")
+    url = f"{coffer.endpoints['blob']}/{account['name']}"
+    reader, writer = coffer.new_sp(), coffer.new_sp()
+    coffer.assign_role(account["id"], "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1", reader.object_id)  # Storage Blob Data Reader
+    coffer.assign_role(account["id"], "ba92f5b4-2d11-453d-a403-e96b0029c9fe", writer.object_id)  # Storage Blob Data Contributor
+    w = BlobServiceClient(url, credential=coffer.credential_for(writer), connection_verify=coffer.ca)
+    w.get_container_client(container).upload_blob("by-token", b"hello")
+    r = BlobServiceClient(url, credential=coffer.credential_for(reader), connection_verify=coffer.ca)
+    assert r.get_container_client(container).download_blob("by-token").readall() == b"hello"
+    with pytest.raises(HttpResponseError) as info:
+        r.get_container_client(container).upload_blob("nope", b"x")
+    assert info.value.status_code == 403
+    assert info.value.error_code == "AuthorizationPermissionMismatch"
+    # Owner of the subscription has no data actions.
+    o = BlobServiceClient(url, credential=coffer.credential(), connection_verify=coffer.ca)
+    with pytest.raises(HttpResponseError) as info:
+        o.get_container_client(container).download_blob("seed").readall()
+    assert info.value.status_code == 403
+
+
+def test_no_plaintext_on_disk_and_tampering_fails(coffer_private, rg=None):
+    env = coffer_private
+    rg = env.create_rg()
+    name = _account_name()
+    st = _storage(env)
+    st.storage_accounts.begin_create(rg, name, sm.StorageAccountCreateParameters(
+        sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+    key = st.storage_accounts.list_keys(rg, name)["keys"][0].value
+    acct = {"name": name, "key": key}
+    cc = _client(env, acct).create_container("secret")
+    marker = b"COFFER-KNOWN-PLAINTEXT-MARKER-" + uuid.uuid4().hex.encode()
+    cc.upload_blob("doc", marker * 3000, metadata={"label": "MetaMarker" + marker.decode()[-8:]})
+    data_dir = Path(env.data_dir)
+    files = [p for p in data_dir.rglob("*") if p.is_file()]
+    for p in files:
+        body = p.read_bytes()
+        assert marker not in body, f"plaintext found in {p}"
+        assert ("MetaMarker" + marker.decode()[-8:]).encode() not in body, f"metadata in clear in {p}"
+    # Flip one byte in the middle of the stored object: the read fails, never returns wrong data.
+    objects = [p for p in (data_dir / "bytes").rglob("*") if p.is_file()]
+    assert len(objects) == 1
+    blob = bytearray(objects[0].read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    objects[0].write_bytes(bytes(blob))
+    with pytest.raises(Exception):
+        got = cc.download_blob("doc").readall()
+        assert got == marker * 3000  # never reached with wrong data
+        raise AssertionError("tampered blob was served")
