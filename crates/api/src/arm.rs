@@ -636,7 +636,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
             (StatusCode::NOT_FOUND, "ResourceNotFound")
         }
         DomainError::ContainerAlreadyExists => (StatusCode::CONFLICT, "Conflict"),
-        DomainError::InvalidRange => (StatusCode::BAD_REQUEST, "BadRequest"),
+        DomainError::InvalidRange
+        | DomainError::InvalidXml(_)
+        | DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
         DomainError::Internal(detail) => {

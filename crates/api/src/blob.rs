@@ -15,7 +15,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use coffer_domain::DomainError;
-use coffer_domain::blob::{BlobAuth, ByteSource, ContentHeaders, ListItem};
+use coffer_domain::blob::{
+    BlobAuth, BlockListKind, ByteSource, ContentHeaders, ListItem, MAX_BLOCKS,
+};
 use coffer_domain::identity::Plane;
 use coffer_domain::mgmt::BlobAccount;
 use coffer_domain::model::BlobRecord;
@@ -91,6 +93,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::ContainerAlreadyExists => (StatusCode::CONFLICT, "ContainerAlreadyExists"),
         DomainError::BlobNotFound => (StatusCode::NOT_FOUND, "BlobNotFound"),
         DomainError::InvalidRange => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
+        DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "InvalidBlockList"),
+        DomainError::InvalidXml(_) => (StatusCode::BAD_REQUEST, "InvalidXmlDocument"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
         DomainError::InvalidName {
             kind: "container", ..
@@ -128,14 +132,47 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlobOp {
     ListContainers,
-    CreateContainer { container: String },
-    GetContainer { container: String },
-    DeleteContainer { container: String },
-    ListBlobs { container: String },
-    PutBlob { container: String, blob: String },
-    GetBlob { container: String, blob: String },
-    HeadBlob { container: String, blob: String },
-    DeleteBlob { container: String, blob: String },
+    CreateContainer {
+        container: String,
+    },
+    GetContainer {
+        container: String,
+    },
+    DeleteContainer {
+        container: String,
+    },
+    ListBlobs {
+        container: String,
+    },
+    PutBlob {
+        container: String,
+        blob: String,
+    },
+    GetBlob {
+        container: String,
+        blob: String,
+    },
+    HeadBlob {
+        container: String,
+        blob: String,
+    },
+    DeleteBlob {
+        container: String,
+        blob: String,
+    },
+    PutBlock {
+        container: String,
+        blob: String,
+        block_id: String,
+    },
+    PutBlockList {
+        container: String,
+        blob: String,
+    },
+    GetBlockList {
+        container: String,
+        blob: String,
+    },
 }
 
 impl BlobOp {
@@ -159,6 +196,21 @@ impl BlobOp {
                     ("GET" | "HEAD", None) => Some(Self::GetContainer { container }),
                     ("DELETE", None) => Some(Self::DeleteContainer { container }),
                     ("GET", Some("list")) => Some(Self::ListBlobs { container }),
+                    _ => None,
+                }
+            }
+            (Some(c), Some(b)) if comp == Some("block") && method == Method::PUT => {
+                Some(Self::PutBlock {
+                    container: c.to_string(),
+                    blob: b.to_string(),
+                    block_id: q.get("blockid")?.clone(),
+                })
+            }
+            (Some(c), Some(b)) if comp == Some("blocklist") => {
+                let (container, blob) = (c.to_string(), b.to_string());
+                match method.as_str() {
+                    "PUT" => Some(Self::PutBlockList { container, blob }),
+                    "GET" => Some(Self::GetBlockList { container, blob }),
                     _ => None,
                 }
             }
@@ -685,20 +737,7 @@ async fn execute(
                     rid,
                 ));
             };
-            let headers = ContentHeaders {
-                content_type: hv(h, "x-ms-blob-content-type")
-                    .or_else(|| hv(h, "content-type"))
-                    .map(String::from),
-                content_encoding: hv(h, "x-ms-blob-content-encoding")
-                    .or_else(|| hv(h, "content-encoding"))
-                    .map(String::from),
-                content_language: hv(h, "x-ms-blob-content-language")
-                    .or_else(|| hv(h, "content-language"))
-                    .map(String::from),
-                content_disposition: hv(h, "x-ms-blob-content-disposition").map(String::from),
-                cache_control: hv(h, "x-ms-blob-cache-control").map(String::from),
-                content_md5: hv(h, "x-ms-blob-content-md5").map(String::from),
-            };
+            let headers = content_headers(h, true);
             let meta = metadata_from(h)?;
             let if_none_match_any = hv(h, "if-none-match") == Some("*");
             let mut src = BodySource(body);
@@ -811,11 +850,167 @@ async fn execute(
             }
             b.body(Body::from_stream(stream)).unwrap_or_default()
         }
+        BlobOp::PutBlock {
+            container,
+            blob,
+            block_id,
+        } => {
+            let Some(len) = hv(h, "content-length").and_then(|v| v.parse::<u64>().ok()) else {
+                return Ok(error_with(
+                    StatusCode::LENGTH_REQUIRED,
+                    "MissingContentLengthHeader",
+                    "Content-Length is required.",
+                    rid,
+                ));
+            };
+            let mut src = BodySource(body);
+            svc.put_block(auth, acct, &container, &blob, &block_id, len, &mut src)
+                .await?;
+            ok(base(StatusCode::CREATED, rid).header("x-ms-request-server-encrypted", "true"))
+        }
+        BlobOp::PutBlockList { container, blob } => {
+            let xml = match crate::body::read_limited(body, 8 * 1024 * 1024).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return Err(DomainError::InvalidXml(
+                        "the block list is too large".into(),
+                    ));
+                }
+            };
+            let list = parse_block_list(&xml)?;
+            let meta = metadata_from(h)?;
+            let rec = svc
+                .put_block_list(
+                    auth,
+                    acct,
+                    &container,
+                    &blob,
+                    &list,
+                    content_headers(h, false),
+                    &meta,
+                )
+                .await?;
+            ok(base(StatusCode::CREATED, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+                .header("x-ms-request-server-encrypted", "true"))
+        }
+        BlobOp::GetBlockList { container, blob } => {
+            let which = q
+                .get("blocklisttype")
+                .map(String::as_str)
+                .unwrap_or("committed")
+                .to_ascii_lowercase();
+            let (current, committed, uncommitted) =
+                svc.get_block_list(auth, acct, &container, &blob).await?;
+            let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+            let section = |x: &mut String, tag: &str, blocks: &[(String, u64)]| {
+                x.push_str(&format!("<{tag}>"));
+                for (id, size) in blocks {
+                    x.push_str(&format!(
+                        "<Block><Name>{}</Name><Size>{size}</Size></Block>",
+                        xml_escape(id)
+                    ));
+                }
+                x.push_str(&format!("</{tag}>"));
+            };
+            if which == "committed" || which == "all" {
+                section(&mut x, "CommittedBlocks", &committed);
+            }
+            if which == "uncommitted" || which == "all" {
+                section(&mut x, "UncommittedBlocks", &uncommitted);
+            }
+            x.push_str("</BlockList>");
+            let mut b =
+                base(StatusCode::OK, rid).header(http::header::CONTENT_TYPE, "application/xml");
+            if let Some(c) = current {
+                b = b
+                    .header(http::header::ETAG, &c.etag)
+                    .header(http::header::LAST_MODIFIED, httpdate(c.last_modified))
+                    .header("x-ms-blob-content-length", c.size);
+            }
+            b.body(Body::from(x)).unwrap_or_default()
+        }
         BlobOp::DeleteBlob { container, blob } => {
             svc.delete_blob(auth, acct, &container, &blob).await?;
             ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
         }
     })
+}
+
+/// Content headers of a write: `x-ms-blob-*` (and, for Put Blob, the request's own).
+fn content_headers(h: &HeaderMap, request_fallback: bool) -> ContentHeaders {
+    let pick = |blob: &str, plain: &str| {
+        hv(h, blob)
+            .or_else(|| {
+                if request_fallback && !plain.is_empty() {
+                    hv(h, plain)
+                } else {
+                    None
+                }
+            })
+            .map(String::from)
+    };
+    ContentHeaders {
+        content_type: pick("x-ms-blob-content-type", "content-type"),
+        content_encoding: pick("x-ms-blob-content-encoding", "content-encoding"),
+        content_language: pick("x-ms-blob-content-language", "content-language"),
+        content_disposition: pick("x-ms-blob-content-disposition", ""),
+        cache_control: pick("x-ms-blob-cache-control", ""),
+        content_md5: pick("x-ms-blob-content-md5", ""),
+    }
+}
+
+/// Parse a Put Block List body: `<BlockList><Latest|Committed|Uncommitted>id</…>…</BlockList>`.
+pub fn parse_block_list(xml: &[u8]) -> Result<Vec<(BlockListKind, String)>, DomainError> {
+    use quick_xml::events::Event;
+    let bad = |m: &str| DomainError::InvalidXml(m.to_string());
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    reader.config_mut().trim_text(true);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut current: Option<BlockListKind> = None;
+    let mut seen_root = false;
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                let name = e.name();
+                match (depth, name.into_inner()) {
+                    (1, "BlockList") => seen_root = true,
+                    (2, "Latest") => current = Some(BlockListKind::Latest),
+                    (2, "Committed") => current = Some(BlockListKind::Committed),
+                    (2, "Uncommitted") => current = Some(BlockListKind::Uncommitted),
+                    _ => return Err(bad("unexpected element in the block list")),
+                }
+            }
+            Ok(Event::Text(t)) => {
+                let kind = current.ok_or_else(|| bad("text outside a block entry"))?;
+                let id = t.into_inner().into_owned();
+                if out.len() >= MAX_BLOCKS {
+                    return Err(DomainError::InvalidBlockList(format!(
+                        "more than {MAX_BLOCKS} blocks"
+                    )));
+                }
+                out.push((kind, id));
+            }
+            Ok(Event::End(_)) => {
+                depth = depth.saturating_sub(1);
+                current = None;
+            }
+            Ok(Event::Empty(_)) => return Err(bad("empty block entry")),
+            Ok(Event::Eof) => break,
+            Ok(Event::Decl(_) | Event::Comment(_) | Event::PI(_)) => {}
+            Ok(_) => return Err(bad("unsupported XML content")),
+            Err(_) => return Err(bad("the XML is not well formed")),
+        }
+        buf.clear();
+    }
+    if !seen_root || depth != 0 {
+        return Err(bad("the body is not a BlockList document"));
+    }
+    Ok(out)
 }
 
 fn max_results(q: &HashMap<String, String>) -> Result<usize, DomainError> {
@@ -885,6 +1080,35 @@ mod tests {
             BlobOp::parse(&Method::POST, Some("c"), Some("b"), &q(&[])),
             None
         );
+    }
+
+    #[test]
+    fn block_lists() {
+        let ok = parse_block_list(
+            b"<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>AAA=</Latest><Committed>QkJC</Committed><Uncommitted>Q0ND</Uncommitted></BlockList>",
+        );
+        assert_eq!(
+            ok.ok(),
+            Some(vec![
+                (BlockListKind::Latest, "AAA=".to_string()),
+                (BlockListKind::Committed, "QkJC".to_string()),
+                (BlockListKind::Uncommitted, "Q0ND".to_string()),
+            ])
+        );
+        for bad in [
+            &b"<BlockList><Latest>a</Latest>"[..],
+            b"<Other/>",
+            b"not xml",
+            b"<BlockList><Evil>a</Evil></BlockList>",
+            b"<BlockList><Latest><X>a</X></Latest></BlockList>",
+            b"",
+        ] {
+            assert!(
+                parse_block_list(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -352,7 +352,9 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::ContainerAlreadyExists => {
             kv_error(StatusCode::CONFLICT, "Conflict", &msg, None, rid)
         }
-        DomainError::InvalidRange => {
+        DomainError::InvalidRange
+        | DomainError::InvalidXml(_)
+        | DomainError::InvalidBlockList(_) => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
         DomainError::SubscriptionNotFound(_)

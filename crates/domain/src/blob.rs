@@ -20,7 +20,7 @@ use crate::bytes::{ByteStore, new_object_id};
 use crate::clock::Clock;
 use crate::identity::Caller;
 use crate::mgmt::{BlobAccount, MgmtService};
-use crate::model::{BlobRecord, ContainerRecord};
+use crate::model::{BlobRecord, ContainerRecord, Part, StagedBlock};
 use crate::rbac::{ActionKind, Rbac};
 use crate::store::MetaStore;
 use crate::{DomainError, Result};
@@ -86,6 +86,16 @@ pub fn validate_container_name(name: &str) -> Result<()> {
     }
 }
 
+/// Block ids: base64 of at most 64 bytes (Azure's rule).
+pub fn validate_block_id(id: &str) -> Result<()> {
+    match coffer_crypto::b64::std_decode(id) {
+        Some(b) if !b.is_empty() && b.len() <= 64 => Ok(()),
+        _ => Err(DomainError::InvalidProperty(
+            "the block id must be base64 of 1 to 64 bytes".into(),
+        )),
+    }
+}
+
 /// Blob names: 1–1024 characters, no control characters.
 pub fn validate_blob_name(name: &str) -> Result<()> {
     if !name.is_empty() && name.chars().count() <= 1024 && !name.chars().any(|c| c.is_control()) {
@@ -117,44 +127,114 @@ pub struct BlobService {
     regions: HashMap<String, Arc<dyn ByteStore>>,
 }
 
-/// A decrypting reader over a range of a blob, one segment at a time.
-pub struct BlobReader {
-    bytes: Arc<dyn ByteStore>,
+/// A decrypting reader over one part's range, one segment at a time.
+struct PartReader {
     object_id: String,
     dec: ObjectDecryptor,
     next: u64,
     last: u64,
-    /// Plaintext offsets [start, end) of the requested range.
+    /// Plaintext offsets [start, end) within the part.
+    start: u64,
+    end: u64,
+}
+
+/// A decrypting reader over a range of a blob: it walks the blob's parts and releases only
+/// segments whose tags verified.
+pub struct BlobReader {
+    bytes: Arc<dyn ByteStore>,
+    aek: SecretBytes,
+    account: String,
+    container: String,
+    blob: String,
+    /// (part, offset of the part in the blob).
+    parts: Vec<(Part, u64)>,
+    next_part: usize,
+    current: Option<PartReader>,
     start: u64,
     end: u64,
 }
 
 impl BlobReader {
-    /// The next chunk of verified plaintext (never releases a segment that fails its tag).
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        if self.next > self.last || self.start >= self.end {
-            return Ok(None);
-        }
-        let i = self.next;
-        self.next += 1;
-        let mut seg = self
-            .bytes
-            .read(
-                &self.object_id,
-                self.dec.segment_offset(i),
-                self.dec.segment_len(i),
-            )
-            .await?;
-        let plain = self.dec.open_segment(i, &mut seg).map_err(|_| {
-            DomainError::Internal("a stored blob segment failed authentication".into())
+    async fn open_part(&self, part: &Part, from: u64, to: u64) -> Result<PartReader> {
+        let identity = ObjectIdentity {
+            account: self.account.clone(),
+            container: self.container.clone(),
+            blob: self.blob.clone(),
+            object_id: part.object_id.clone(),
+        };
+        // Header: 24 fixed bytes up to the AEK id length, the id, its wrapped-DEK length
+        // byte and the 40-byte wrapped DEK (docs/design/blob-format.md).
+        let fixed = self.bytes.read(&part.object_id, 0, 24).await?;
+        let header_len = 24 + u64::from(fixed[23]) + 1 + 40;
+        let head = self.bytes.read(&part.object_id, 0, header_len).await?;
+        let dec = ObjectDecryptor::new(&self.aek, &head, &identity).map_err(|_| {
+            DomainError::Internal("a stored blob header failed authentication".into())
         })?;
-        let s = self.dec.header.segment_size();
-        let seg_start = i * s;
-        let from = self.start.saturating_sub(seg_start) as usize;
-        let to = (self.end - seg_start).min(plain.len() as u64) as usize;
-        Ok(Some(plain[from.min(to)..to].to_vec()))
+        if dec.header.plaintext_len != part.size {
+            return Err(DomainError::Internal("stored part size mismatch".into()));
+        }
+        let (first, last) = if from < to {
+            dec.segments_for(from, to)
+        } else {
+            (1, 0)
+        };
+        Ok(PartReader {
+            object_id: part.object_id.clone(),
+            dec,
+            next: first,
+            last,
+            start: from,
+            end: to,
+        })
+    }
+
+    /// The next chunk of verified plaintext, or None at the end of the range.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(r) = self.current.as_mut() {
+                if r.next <= r.last && r.start < r.end {
+                    let i = r.next;
+                    r.next += 1;
+                    let mut seg = self
+                        .bytes
+                        .read(&r.object_id, r.dec.segment_offset(i), r.dec.segment_len(i))
+                        .await?;
+                    let plain = r.dec.open_segment(i, &mut seg).map_err(|_| {
+                        DomainError::Internal("a stored blob segment failed authentication".into())
+                    })?;
+                    let seg_start = i * r.dec.header.segment_size();
+                    let from = r.start.saturating_sub(seg_start) as usize;
+                    let to = (r.end - seg_start).min(plain.len() as u64) as usize;
+                    return Ok(Some(plain[from.min(to)..to].to_vec()));
+                }
+                self.current = None;
+            }
+            // Open the next part that overlaps [start, end).
+            let Some((part, offset)) = self.parts.get(self.next_part).cloned() else {
+                return Ok(None);
+            };
+            self.next_part += 1;
+            let (p_start, p_end) = (offset, offset + part.size);
+            if p_end <= self.start || p_start >= self.end || part.size == 0 {
+                continue;
+            }
+            let from = self.start.max(p_start) - p_start;
+            let to = self.end.min(p_end) - p_start;
+            self.current = Some(self.open_part(&part, from, to).await?);
+        }
     }
 }
+
+/// Kinds of Put Block List entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockListKind {
+    Committed,
+    Uncommitted,
+    Latest,
+}
+
+/// The largest number of blocks a blob may have (Azure's limit).
+pub const MAX_BLOCKS: usize = 50_000;
 
 impl BlobService {
     pub fn new(
@@ -340,11 +420,7 @@ impl BlobService {
             .await?
             .ok_or(DomainError::ContainerNotFound)?;
         for b in blobs {
-            if let Ok(store) = self.bytes_for(&b.region)
-                && let Err(e) = store.delete(&b.object_id).await
-            {
-                tracing::warn!(error = %e, "orphaned object left behind");
-            }
+            self.forget_parts(&b.region, b.parts, &[]).await;
         }
         Ok(())
     }
@@ -393,53 +469,16 @@ impl BlobService {
                 "The specified blob already exists.".into(),
             ));
         }
-        let bytes = self.bytes_for(&acct.region)?;
-        let object_id = new_object_id()?;
-        let identity = ObjectIdentity {
-            account: acct.name.clone(),
-            container: container.into(),
-            blob: name.into(),
-            object_id: object_id.clone(),
-        };
-        let (mut enc, header) = ObjectEncryptor::new(
-            &acct.aek,
-            &acct.aek_id,
-            &identity,
-            len,
-            DEFAULT_SEGMENT_LOG2,
-        )?;
-        let mut writer = bytes.create(&object_id).await?;
-        writer.write(&header).await?;
-        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
-        let mut seen: u64 = 0;
-        while let Some(chunk) = body.next_chunk().await? {
-            seen += chunk.len() as u64;
-            if seen > len {
-                return Err(DomainError::InvalidProperty(
-                    "the body is longer than Content-Length".into(),
-                ));
-            }
-            enc.update(&chunk, &mut out)?;
-            if !out.is_empty() {
-                writer.write(&out).await?;
-                out.clear();
-            }
-        }
-        if seen != len {
-            return Err(DomainError::InvalidProperty(
-                "the body is shorter than Content-Length".into(),
-            ));
-        }
-        enc.finish(&mut out)?;
-        writer.write(&out).await?;
-        writer.commit().await?;
+        let part = self
+            .write_object(acct, container, name, len, body, None)
+            .await?;
         let now = self.clock.now();
         let rec = BlobRecord {
             account: acct.name.clone(),
             container: container.into(),
             name: name.into(),
             region: acct.region.clone(),
-            object_id,
+            parts: vec![part],
             size: len,
             etag: self.etag()?,
             created: now,
@@ -454,11 +493,13 @@ impl BlobService {
             content_md5: headers.content_md5,
             metadata: Self::seal_metadata(acct, container, name, meta)?,
         };
-        if let Some(old) = self.store.put_blob(&rec).await?
-            && let Err(e) = bytes.delete(&old.object_id).await
-        {
-            tracing::warn!(error = %e, "orphaned object left behind");
-        }
+        let old = self.store.commit_blob(&rec).await?;
+        self.forget_parts(
+            &rec.region,
+            old.map(|o| o.parts).unwrap_or_default(),
+            &rec.parts,
+        )
+        .await;
         Ok(rec)
     }
 
@@ -499,38 +540,294 @@ impl BlobService {
         start: u64,
         end: u64,
     ) -> Result<BlobReader> {
-        let bytes = self.bytes_for(&rec.region)?;
-        let identity = ObjectIdentity {
+        let mut offset = 0;
+        let mut parts = Vec::with_capacity(rec.parts.len());
+        for p in &rec.parts {
+            parts.push((p.clone(), offset));
+            offset += p.size;
+        }
+        if offset != rec.size {
+            return Err(DomainError::Internal("stored blob size mismatch".into()));
+        }
+        Ok(BlobReader {
+            bytes: self.bytes_for(&rec.region)?,
+            aek: acct.aek.duplicate(),
             account: rec.account.clone(),
             container: rec.container.clone(),
             blob: rec.name.clone(),
-            object_id: rec.object_id.clone(),
-        };
-        // Header: 24 fixed bytes up to the AEK id length, the id, its wrapped-DEK length byte
-        // and the 40-byte wrapped DEK (docs/design/blob-format.md).
-        let fixed = bytes.read(&rec.object_id, 0, 24).await?;
-        let header_len = 24 + u64::from(fixed[23]) + 1 + 40;
-        let head = bytes.read(&rec.object_id, 0, header_len).await?;
-        let dec = ObjectDecryptor::new(&acct.aek, &head, &identity).map_err(|_| {
-            DomainError::Internal("a stored blob header failed authentication".into())
-        })?;
-        if dec.header.plaintext_len != rec.size {
-            return Err(DomainError::Internal("stored blob size mismatch".into()));
-        }
-        let (first, last) = if start < end {
-            dec.segments_for(start, end)
-        } else {
-            (1, 0)
-        };
-        Ok(BlobReader {
-            bytes,
-            object_id: rec.object_id.clone(),
-            dec,
-            next: first,
-            last,
+            parts,
+            next_part: 0,
+            current: None,
             start,
             end,
         })
+    }
+
+    /// Encrypt `len` bytes from `body` into a new object; returns it once durable.
+    async fn write_object(
+        &self,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        len: u64,
+        body: &mut dyn ByteSource,
+        block_id: Option<String>,
+    ) -> Result<Part> {
+        let bytes = self.bytes_for(&acct.region)?;
+        let object_id = new_object_id()?;
+        let identity = ObjectIdentity {
+            account: acct.name.clone(),
+            container: container.into(),
+            blob: name.into(),
+            object_id: object_id.clone(),
+        };
+        let (mut enc, header) = ObjectEncryptor::new(
+            &acct.aek,
+            &acct.aek_id,
+            &identity,
+            len,
+            DEFAULT_SEGMENT_LOG2,
+        )?;
+        let mut writer = bytes.create(&object_id).await?;
+        writer.write(&header).await?;
+        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
+        let mut seen: u64 = 0;
+        while let Some(chunk) = body.next_chunk().await? {
+            seen += chunk.len() as u64;
+            if seen > len {
+                return Err(DomainError::InvalidProperty(
+                    "the body is longer than Content-Length".into(),
+                ));
+            }
+            enc.update(&chunk, &mut out)?;
+            if !out.is_empty() {
+                writer.write(&out).await?;
+                out.clear();
+            }
+        }
+        if seen != len {
+            return Err(DomainError::InvalidProperty(
+                "the body is shorter than Content-Length".into(),
+            ));
+        }
+        enc.finish(&mut out)?;
+        writer.write(&out).await?;
+        writer.commit().await?;
+        Ok(Part {
+            object_id,
+            size: len,
+            block_id,
+        })
+    }
+
+    /// Delete the objects of `old` parts that `keep` no longer references.
+    async fn forget_parts(&self, region: &str, old: Vec<Part>, keep: &[Part]) {
+        let Ok(bytes) = self.bytes_for(region) else {
+            return;
+        };
+        for p in old {
+            if !keep.iter().any(|k| k.object_id == p.object_id)
+                && let Err(e) = bytes.delete(&p.object_id).await
+            {
+                tracing::warn!(error = %e, "orphaned object left behind");
+            }
+        }
+    }
+
+    /// Put Block: stage one block (its own encrypted object).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_block(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        block_id: &str,
+        len: u64,
+        body: &mut dyn ByteSource,
+    ) -> Result<()> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        validate_blob_name(name)?;
+        validate_block_id(block_id)?;
+        if len > 4000 * 1024 * 1024 {
+            return Err(DomainError::InvalidProperty(
+                "a block may hold at most 4000 MiB".into(),
+            ));
+        }
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let part = self
+            .write_object(acct, container, name, len, body, Some(block_id.to_string()))
+            .await?;
+        let staged = StagedBlock {
+            account: acct.name.clone(),
+            container: container.into(),
+            blob: name.into(),
+            region: acct.region.clone(),
+            part,
+            created: self.clock.now(),
+        };
+        if let Some(old) = self.store.put_staged_block(&staged).await? {
+            self.forget_parts(&old.region, vec![old.part], &[]).await;
+        }
+        Ok(())
+    }
+
+    /// Put Block List: commit the listed blocks (from the staged and/or committed ones).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_block_list(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        list: &[(BlockListKind, String)],
+        headers: ContentHeaders,
+        meta: &[(String, String)],
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        validate_blob_name(name)?;
+        if list.len() > MAX_BLOCKS {
+            return Err(DomainError::InvalidProperty(format!(
+                "a blob may have at most {MAX_BLOCKS} blocks"
+            )));
+        }
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let staged = self
+            .store
+            .list_staged_blocks(&acct.name, container, name)
+            .await?;
+        let current = self.store.get_blob(&acct.name, container, name).await?;
+        let committed: Vec<Part> = current
+            .as_ref()
+            .map(|c| c.parts.clone())
+            .unwrap_or_default();
+        let find_staged = |id: &str| {
+            staged
+                .iter()
+                .find(|s| s.part.block_id.as_deref() == Some(id))
+                .map(|s| s.part.clone())
+        };
+        let find_committed = |id: &str| {
+            committed
+                .iter()
+                .find(|p| p.block_id.as_deref() == Some(id))
+                .cloned()
+        };
+        let mut parts = Vec::with_capacity(list.len());
+        for (kind, id) in list {
+            let p = match kind {
+                BlockListKind::Committed => find_committed(id),
+                BlockListKind::Uncommitted => find_staged(id),
+                BlockListKind::Latest => find_staged(id).or_else(|| find_committed(id)),
+            };
+            parts.push(p.ok_or_else(|| {
+                DomainError::InvalidBlockList(format!("block {id} is not available"))
+            })?);
+        }
+        let size = parts.iter().map(|p| p.size).sum();
+        let now = self.clock.now();
+        let rec = BlobRecord {
+            account: acct.name.clone(),
+            container: container.into(),
+            name: name.into(),
+            region: acct.region.clone(),
+            parts,
+            size,
+            etag: self.etag()?,
+            created: current.as_ref().map(|c| c.created).unwrap_or(now),
+            last_modified: now,
+            content_type: headers
+                .content_type
+                .or_else(|| Some("application/octet-stream".into())),
+            content_encoding: headers.content_encoding,
+            content_language: headers.content_language,
+            content_disposition: headers.content_disposition,
+            cache_control: headers.cache_control,
+            content_md5: headers.content_md5,
+            metadata: Self::seal_metadata(acct, container, name, meta)?,
+        };
+        let old = self.store.commit_blob(&rec).await?;
+        // Everything staged or committed before and not part of the new blob goes.
+        let mut unused: Vec<Part> = staged.into_iter().map(|s| s.part).collect();
+        unused.extend(old.map(|o| o.parts).unwrap_or_default());
+        self.forget_parts(&rec.region, unused, &rec.parts).await;
+        Ok(rec)
+    }
+
+    /// Get Block List: (committed, uncommitted) blocks as (id, size).
+    pub async fn get_block_list(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+    ) -> Result<(Option<BlobRecord>, Vec<(String, u64)>, Vec<(String, u64)>)> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_READ,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let current = self.store.get_blob(&acct.name, container, name).await?;
+        let staged = self
+            .store
+            .list_staged_blocks(&acct.name, container, name)
+            .await?;
+        if current.is_none() && staged.is_empty() {
+            return Err(DomainError::BlobNotFound);
+        }
+        let committed = current
+            .as_ref()
+            .map(|c| {
+                c.parts
+                    .iter()
+                    .filter_map(|p| p.block_id.clone().map(|id| (id, p.size)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let uncommitted = staged
+            .iter()
+            .filter_map(|s| s.part.block_id.clone().map(|id| (id, s.part.size)))
+            .collect();
+        Ok((current, committed, uncommitted))
     }
 
     pub async fn delete_blob(
@@ -561,9 +858,7 @@ impl BlobService {
             .delete_blob(&acct.name, container, name)
             .await?
             .ok_or(DomainError::BlobNotFound)?;
-        if let Err(e) = self.bytes_for(&old.region)?.delete(&old.object_id).await {
-            tracing::warn!(error = %e, "orphaned object left behind");
-        }
+        self.forget_parts(&old.region, old.parts, &[]).await;
         Ok(())
     }
 

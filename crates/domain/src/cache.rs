@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use crate::Result;
 use crate::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
-    RoleAssignment, Subscription,
+    RoleAssignment, StagedBlock, Subscription,
 };
 use crate::store::MetaStore;
 
@@ -277,9 +277,6 @@ impl MetaStore for CachedStore {
     async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
         self.inner.delete_container(account, name).await
     }
-    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
-        self.inner.put_blob(b).await
-    }
     async fn get_blob(
         &self,
         account: &str,
@@ -307,5 +304,22 @@ impl MetaStore for CachedStore {
         name: &str,
     ) -> Result<Option<BlobRecord>> {
         self.inner.delete_blob(account, container, name).await
+    }
+
+    async fn put_staged_block(&self, b: &StagedBlock) -> Result<Option<StagedBlock>> {
+        self.inner.put_staged_block(b).await
+    }
+    async fn list_staged_blocks(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Vec<StagedBlock>> {
+        self.inner
+            .list_staged_blocks(account, container, blob)
+            .await
+    }
+    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
+        self.inner.commit_blob(b).await
     }
 }

@@ -56,6 +56,10 @@ pub enum DomainError {
     ContainerAlreadyExists,
     #[error("The specified blob does not exist.")]
     BlobNotFound,
+    #[error("The XML document is not valid: {0}")]
+    InvalidXml(String),
+    #[error("The specified block list is invalid: {0}")]
+    InvalidBlockList(String),
     #[error("The range specified is invalid for the current size of the resource.")]
     InvalidRange,
     #[error("internal error: {0}")]

@@ -184,15 +184,26 @@ pub struct ContainerRecord {
     pub public_access: Option<String>,
 }
 
-/// A committed blob: its bytes are one encrypted object (format v1) in its region's store.
+/// One encrypted object holding a contiguous run of a blob's bytes (a Put Blob body, or a
+/// block staged with Put Block).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Part {
+    /// The object (random hex id; never derived from the blob's name).
+    pub object_id: String,
+    pub size: u64,
+    /// The block id (base64, as the client sent it) for blocks; None for a Put Blob body.
+    pub block_id: Option<String>,
+}
+
+/// A committed blob: its bytes are the concatenation of its parts, each an encrypted object
+/// (format v1) in the byte store of its region.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobRecord {
     pub account: String,
     pub container: String,
     pub name: String,
     pub region: String,
-    /// The object holding the bytes (random hex id; never derived from the blob's name).
-    pub object_id: String,
+    pub parts: Vec<Part>,
     pub size: u64,
     pub etag: String,
     pub created: i64,
@@ -205,4 +216,15 @@ pub struct BlobRecord {
     pub content_md5: Option<String>,
     /// User metadata, sealed under the account's AEK (base64), or None.
     pub metadata: Option<String>,
+}
+
+/// A block staged with Put Block and not yet committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StagedBlock {
+    pub account: String,
+    pub container: String,
+    pub blob: String,
+    pub region: String,
+    pub part: Part,
+    pub created: i64,
 }

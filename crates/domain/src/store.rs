@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crate::Result;
 use crate::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
-    RoleAssignment, Subscription,
+    RoleAssignment, StagedBlock, Subscription,
 };
 
 #[async_trait]
@@ -85,8 +85,6 @@ pub trait MetaStore: Send + Sync {
     /// Delete a container and its blob records; returns the deleted blobs (their objects are
     /// the caller's to delete).
     async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>>;
-    /// Insert or replace a blob record; returns the record it replaced.
-    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
     async fn get_blob(
         &self,
         account: &str,
@@ -108,4 +106,16 @@ pub trait MetaStore: Send + Sync {
         container: &str,
         name: &str,
     ) -> Result<Option<BlobRecord>>;
+
+    /// Stage a block (replacing a staged block with the same id); returns the replaced one.
+    async fn put_staged_block(&self, b: &StagedBlock) -> Result<Option<StagedBlock>>;
+    async fn list_staged_blocks(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Vec<StagedBlock>>;
+    /// Commit a blob and drop every staged block of it, atomically; returns the replaced
+    /// record.
+    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
 }

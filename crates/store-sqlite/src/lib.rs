@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use coffer_domain::audit::{AuditRecord, AuditSink};
 use coffer_domain::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
-    RoleAssignment, Subscription,
+    RoleAssignment, StagedBlock, Subscription,
 };
 use coffer_domain::rbac::normalize_scope;
 use coffer_domain::store::MetaStore;
@@ -23,6 +23,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlSafeStr};
 
+/// Write transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and
+/// then writes fails at once with SQLITE_BUSY when another writer committed in between (the
+/// busy timeout cannot help there); an immediate one waits its turn.
 pub struct SqliteStore {
     pool: SqlitePool,
     audit: AuditWriter,
@@ -119,6 +122,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("unique global names"),
             MigrationType::Simple,
             include_str!("../migrations/0004_unique_names.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            5,
+            Cow::Borrowed("staged blocks"),
+            MigrationType::Simple,
+            include_str!("../migrations/0005_staged_blocks.sql").into_sql_str(),
             false,
         ),
     ])
@@ -315,7 +325,11 @@ impl MetaStore for SqliteStore {
 
     async fn delete_resource_group(&self, sub: &str, name: &str) -> Result<bool> {
         let scope = normalize_scope(&format!("/subscriptions/{sub}/resourceGroups/{name}"));
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let n = sqlx::query("DELETE FROM resource_groups WHERE sub = ? AND name = ?")
             .bind(lc(sub))
             .bind(lc(name))
@@ -399,7 +413,11 @@ impl MetaStore for SqliteStore {
 
     async fn delete_resource(&self, id: &str) -> Result<bool> {
         let scope = normalize_scope(id);
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let n = sqlx::query("DELETE FROM resources WHERE id = ?")
             .bind(lc(id))
             .execute(&mut *tx)
@@ -476,7 +494,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn put_key(&self, record: &KeyRecord, version: Option<&KeyVersion>) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         sqlx::query(
             "INSERT INTO keys (vault, name, data) VALUES (?, ?, ?) ON CONFLICT(vault, name) DO UPDATE SET data = excluded.data",
         )
@@ -549,7 +571,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn purge_key(&self, vault: &str, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         for q in [
             "DELETE FROM key_versions WHERE vault = ? AND name = ?",
             "DELETE FROM keys WHERE vault = ? AND name = ?",
@@ -566,7 +592,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn purge_vault_keys(&self, vault: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         for q in [
             "DELETE FROM key_versions WHERE vault = ?",
             "DELETE FROM keys WHERE vault = ?",
@@ -624,7 +654,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let n = sqlx::query("DELETE FROM containers WHERE account = ? AND name = ?")
             .bind(account)
             .bind(name)
@@ -653,32 +687,6 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some(blobs))
-    }
-
-    async fn put_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let old =
-            sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
-                .bind(&b.account)
-                .bind(&b.container)
-                .bind(&b.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
-                .transpose()?;
-        sqlx::query(
-            "INSERT INTO blobs (account, container, name, data) VALUES (?, ?, ?, ?) ON CONFLICT(account, container, name) DO UPDATE SET data = excluded.data",
-        )
-        .bind(&b.account)
-        .bind(&b.container)
-        .bind(&b.name)
-        .bind(to_json(b)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(old)
     }
 
     async fn get_blob(
@@ -725,7 +733,11 @@ impl MetaStore for SqliteStore {
         container: &str,
         name: &str,
     ) -> Result<Option<BlobRecord>> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let old =
             sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
                 .bind(account)
@@ -740,6 +752,93 @@ impl MetaStore for SqliteStore {
             .bind(account)
             .bind(container)
             .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(old)
+    }
+
+    async fn put_staged_block(&self, b: &StagedBlock) -> Result<Option<StagedBlock>> {
+        let id = b.part.block_id.clone().unwrap_or_default();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let old = sqlx::query(
+            "SELECT data FROM staged_blocks WHERE account = ? AND container = ? AND blob = ? AND block_id = ?",
+        )
+        .bind(&b.account)
+        .bind(&b.container)
+        .bind(&b.blob)
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .map(|r| from_json::<StagedBlock>(r.get::<&str, _>("data")))
+        .transpose()?;
+        sqlx::query(
+            "INSERT INTO staged_blocks (account, container, blob, block_id, created, data) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account, container, blob, block_id) DO UPDATE SET created = excluded.created, data = excluded.data",
+        )
+        .bind(&b.account)
+        .bind(&b.container)
+        .bind(&b.blob)
+        .bind(&id)
+        .bind(b.created)
+        .bind(to_json(b)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(old)
+    }
+
+    async fn list_staged_blocks(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Vec<StagedBlock>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM staged_blocks WHERE account = ? AND container = ? AND blob = ? ORDER BY created, block_id")
+                .bind(account)
+                .bind(container)
+                .bind(blob),
+        )
+        .await
+    }
+
+    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let old =
+            sqlx::query("SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?")
+                .bind(&b.account)
+                .bind(&b.container)
+                .bind(&b.name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
+                .transpose()?;
+        sqlx::query(
+            "INSERT INTO blobs (account, container, name, data) VALUES (?, ?, ?, ?) ON CONFLICT(account, container, name) DO UPDATE SET data = excluded.data",
+        )
+        .bind(&b.account)
+        .bind(&b.container)
+        .bind(&b.name)
+        .bind(to_json(b)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("DELETE FROM staged_blocks WHERE account = ? AND container = ? AND blob = ?")
+            .bind(&b.account)
+            .bind(&b.container)
+            .bind(&b.name)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
