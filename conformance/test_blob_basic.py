@@ -228,3 +228,16 @@ def test_bad_block_list_xml_is_400(coffer, account):
     resp = bc._client._client.send_request(req)  # pylint: disable=protected-access
     assert resp.status_code == 400
     assert resp.headers["x-ms-error-code"] == "InvalidXmlDocument"
+
+
+def test_host_style_urls_through_the_proxy(coffer, account):
+    """`{account}.blob.{suffix}` through the CONNECT proxy, with nested blob names."""
+    url = f"https://{account['name']}.{coffer.blob_dns_suffix}"
+    svc = BlobServiceClient(url, credential={"account_name": account["name"], "account_key": account["key"]},
+                            connection_verify=coffer.ca, proxies={"https": coffer.proxy})
+    cc = svc.create_container(unique("hs-").lower())
+    cc.upload_blob("logs/a.txt", b"A")
+    cc.upload_blob("logs/b.txt", b"B")
+    assert cc.download_blob("logs/a.txt").readall() == b"A"
+    assert cc.download_blob("logs/b.txt").readall() == b"B"
+    assert sorted(b.name for b in cc.list_blobs()) == ["logs/a.txt", "logs/b.txt"]

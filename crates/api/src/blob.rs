@@ -322,7 +322,9 @@ fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, DomainErr
     if start >= size || end_incl.is_some_and(|e| e < start) {
         return Err(DomainError::InvalidRange);
     }
-    let end = end_incl.map(|e| (e + 1).min(size)).unwrap_or(size);
+    let end = end_incl
+        .map(|e| e.saturating_add(1).min(size))
+        .unwrap_or(size);
     Ok(Some((start, end)))
 }
 
@@ -393,11 +395,13 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         .unwrap_or_default()
         .to_string();
     let raw_path = req.uri().path().to_string();
-    let mut raw_segments: Vec<&str> = raw_path.trim_start_matches('/').splitn(3, '/').collect();
-    let account = match state.endpoints.account_of_host(&host) {
-        Some(a) => a.to_string(),
+    // Host-style: the whole path is `/{container}/{blob...}`; path-style: `/{account}/...`.
+    let trimmed = raw_path.trim_start_matches('/');
+    let (account, host_style, rest) = match state.endpoints.account_of_host(&host) {
+        Some(a) => (a.to_string(), true, trimmed),
         None => {
-            if raw_segments.is_empty() || raw_segments[0].is_empty() {
+            let (a, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+            if a.is_empty() {
                 return error_with(
                     StatusCode::BAD_REQUEST,
                     "InvalidUri",
@@ -405,16 +409,10 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
                     &rid,
                 );
             }
-            let a = raw_segments.remove(0).to_string();
-            // path-style: the rest may still hold container and blob
-            raw_segments = raw_path
-                .trim_start_matches('/')
-                .splitn(3, '/')
-                .skip(1)
-                .collect();
-            a
+            (a.to_string(), false, rest)
         }
     };
+    let raw_segments: Vec<&str> = rest.splitn(2, '/').collect();
     let container = raw_segments
         .first()
         .filter(|s| !s.is_empty())
@@ -455,6 +453,15 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             account: a,
             signature,
         } => {
+            if let Some(msg) = shared_key_precheck(
+                req.headers(),
+                host_style,
+                &account,
+                container.as_deref(),
+                &pairs,
+            ) {
+                return error_with(StatusCode::FORBIDDEN, "AuthenticationFailed", msg, &rid);
+            }
             if a != account {
                 return error_with(
                     StatusCode::FORBIDDEN,
@@ -506,10 +513,60 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         Ok(a) => a,
         Err(e) => return domain_error(&e, &rid),
     };
+    if matches!(auth, BlobAuth::SharedKey) && !acct.allow_shared_key {
+        return error_with(
+            StatusCode::FORBIDDEN,
+            "KeyBasedAuthenticationNotPermitted",
+            "Key based authentication is not permitted on this storage account.",
+            &rid,
+        );
+    }
     let (parts, body) = req.into_parts();
     execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
         .await
         .unwrap_or_else(|e| domain_error(&e, &rid))
+}
+
+/// Checks that make a Shared Key signature bind one request only: a fresh date (replay
+/// window of 15 minutes, as Azure), no repeated query parameters (their canonical form would
+/// be ambiguous), and no host-style path that could pass for a path-style one.
+fn shared_key_precheck(
+    h: &HeaderMap,
+    host_style: bool,
+    account: &str,
+    container: Option<&str>,
+    pairs: &[(String, String)],
+) -> Option<&'static str> {
+    let Some(date) = hv(h, "x-ms-date").or_else(|| hv(h, "date")) else {
+        return Some("Shared Key requests need an x-ms-date (or Date) header.");
+    };
+    let when = time::OffsetDateTime::parse(date, &time::format_description::well_known::Rfc2822)
+        .ok()
+        .map(|t| t.unix_timestamp());
+    match when {
+        Some(t) if (t - now()).abs() <= 15 * 60 => {}
+        Some(_) => {
+            return Some(
+                "The request date (x-ms-date) is more than 15 minutes from the server time.",
+            );
+        }
+        None => return Some("The x-ms-date header is not a valid RFC 1123 date."),
+    }
+    let mut keys: Vec<String> = pairs.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    keys.sort();
+    if keys.windows(2).any(|w| w[0] == w[1])
+        || pairs.iter().any(|(_, v)| v.chars().any(char::is_control))
+    {
+        return Some(
+            "Repeated query parameters or control characters are not accepted with Shared Key.",
+        );
+    }
+    if host_style && container == Some(account) {
+        return Some(
+            "With Shared Key, a host-style container may not be named after its account; use a path-style URL.",
+        );
+    }
+    None
 }
 
 fn unauthorized(state: &AppState, message: &str, rid: &str) -> Response {

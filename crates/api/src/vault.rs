@@ -820,10 +820,10 @@ fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), DomainError
 fn page(items: Vec<Value>, max: usize, skip: usize, next_base: &str, api: &str) -> Value {
     let total = items.len();
     let value: Vec<Value> = items.into_iter().skip(skip).take(max).collect();
-    let next = (skip + max < total).then(|| {
+    let next = (skip.saturating_add(max) < total).then(|| {
         format!(
             "{next_base}?api-version={api}&$skiptoken={}&maxresults={max}",
-            b64::url_encode((skip + max).to_string().as_bytes())
+            b64::url_encode(skip.saturating_add(max).to_string().as_bytes())
         )
     });
     json!({"value": value, "nextLink": next})

@@ -9,6 +9,10 @@ use coffer_secret::SecretBytes;
 
 use crate::{CryptoError, b64, random};
 
+/// A well-formed Argon2id verifier (same parameters as real ones) that matches no password:
+/// checked for unknown users so that sign-in time does not reveal which names exist.
+pub const DUMMY_VERIFIER: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Yhj0Nn3A0bgsQ4PbAz4jvA5ZQ9R3y1xpeLBY7hC9Xd4";
+
 fn argon() -> Result<Argon2<'static>, CryptoError> {
     // OWASP's second recommended Argon2id profile: m=19 MiB, t=2, p=1.
     let params = Params::new(19 * 1024, 2, 1, None).map_err(|_| CryptoError::Failed)?;
@@ -62,6 +66,12 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("correct horsf", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn dummy_verifier_is_well_formed() {
+        assert!(PasswordHash::new(DUMMY_VERIFIER).is_ok());
+        assert!(!verify_password("anything", DUMMY_VERIFIER));
     }
 
     #[test]

@@ -322,4 +322,7 @@ impl MetaStore for CachedStore {
     async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
         self.inner.commit_blob(b).await
     }
+    async fn delete_account_data(&self, account: &str) -> Result<()> {
+        self.inner.delete_account_data(account).await
+    }
 }

@@ -374,11 +374,16 @@ impl IdentityService {
         pw: &SecretString,
     ) -> Result<Option<Principal>> {
         let p = self.store.find_principal_by_username(username).await?;
-        Ok(p.filter(|p| {
-            p.password_verifier
-                .as_deref()
-                .is_some_and(|v| password::verify_password(pw.expose(), v))
-        }))
+        let verifier = p.as_ref().and_then(|p| p.password_verifier.clone());
+        // An unknown user costs the same Argon2 work as a known one (no timing oracle).
+        let ok = match &verifier {
+            Some(v) => password::verify_password(pw.expose(), v),
+            None => {
+                let _ = password::verify_password(pw.expose(), password::DUMMY_VERIFIER);
+                false
+            }
+        };
+        Ok(p.filter(|_| ok))
     }
 }
 

@@ -680,7 +680,15 @@ impl MgmtService {
                     .find_resources_by_name(DELETED_VAULT_TYPE, name)
                     .await?;
                 match (deleted.into_iter().next(), create_mode.as_deref()) {
-                    (Some(d), Some("recover")) => {
+                    // Only the vault's own id may recover it: same subscription, group and
+                    // name (otherwise anyone could adopt another tenant's deleted vault and
+                    // its keys). A mismatch looks exactly like a name in use.
+                    (Some(d), Some("recover"))
+                        if d.subscription_id.eq_ignore_ascii_case(sub)
+                            && d.body["properties"]["vaultId"]
+                                .as_str()
+                                .is_some_and(|v| v.eq_ignore_ascii_case(&id)) =>
+                    {
                         return self.recover_vault(d, sub, rg, &id, &location).await;
                     }
                     (Some(_), _) => {
@@ -868,9 +876,22 @@ impl MgmtService {
             Some(_) => return Err(bad("the property 'accessPolicies' must be an array")),
         }
         if let Some(acl) = req.object("networkAcls")? {
+            if acl
+                .str("defaultAction")?
+                .is_some_and(|a| !a.eq_ignore_ascii_case("Allow"))
+            {
+                return Err(bad(
+                    "network rules are not enforced by this server: networkAcls.defaultAction must be Allow",
+                ));
+            }
             p.insert("networkAcls".into(), acl.0.clone());
         }
         match req.str("publicNetworkAccess")? {
+            Some(v) if !v.eq_ignore_ascii_case("Enabled") => {
+                return Err(bad(
+                    "network rules are not enforced by this server: publicNetworkAccess must be Enabled",
+                ));
+            }
             Some(v) => {
                 p.insert("publicNetworkAccess".into(), json!(v));
             }
@@ -940,10 +961,9 @@ impl MgmtService {
             .cloned()
             .unwrap_or_else(|| json!({}));
         if deleted.location.as_deref() != Some(location) {
-            return Err(bad(format!(
-                "the deleted vault is in location '{}'; recover it there",
-                deleted.location.clone().unwrap_or_default()
-            )));
+            return Err(bad(
+                "a deleted vault must be recovered in the location it was deleted from",
+            ));
         }
         self.store.delete_resource(&deleted.id).await?;
         let name = deleted.name.clone();

@@ -118,4 +118,6 @@ pub trait MetaStore: Send + Sync {
     /// Commit a blob and drop every staged block of it, atomically; returns the replaced
     /// record.
     async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
+    /// Remove every container, blob and staged block record of an account.
+    async fn delete_account_data(&self, account: &str) -> Result<()>;
 }

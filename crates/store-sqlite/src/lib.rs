@@ -679,12 +679,17 @@ impl MetaStore for SqliteStore {
             .iter()
             .map(|r| from_json(r.get::<&str, _>("data")))
             .collect::<Result<Vec<BlobRecord>>>()?;
-        sqlx::query("DELETE FROM blobs WHERE account = ? AND container = ?")
-            .bind(account)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for q in [
+            "DELETE FROM blobs WHERE account = ? AND container = ?",
+            "DELETE FROM staged_blocks WHERE account = ? AND container = ?",
+        ] {
+            sqlx::query(q)
+                .bind(account)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(Some(blobs))
     }
@@ -748,13 +753,18 @@ impl MetaStore for SqliteStore {
                 .map_err(db_err)?
                 .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
                 .transpose()?;
-        sqlx::query("DELETE FROM blobs WHERE account = ? AND container = ? AND name = ?")
-            .bind(account)
-            .bind(container)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for q in [
+            "DELETE FROM blobs WHERE account = ? AND container = ? AND name = ?",
+            "DELETE FROM staged_blocks WHERE account = ? AND container = ? AND blob = ?",
+        ] {
+            sqlx::query(q)
+                .bind(account)
+                .bind(container)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(old)
     }
@@ -844,6 +854,27 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(old)
+    }
+
+    async fn delete_account_data(&self, account: &str) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        for q in [
+            "DELETE FROM staged_blocks WHERE account = ?",
+            "DELETE FROM blobs WHERE account = ?",
+            "DELETE FROM containers WHERE account = ?",
+        ] {
+            sqlx::query(q)
+                .bind(account)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
     }
 }
 

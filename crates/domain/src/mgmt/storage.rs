@@ -138,6 +138,7 @@ impl MgmtService {
     /// Apply `identity` from a request to `body` (creating or removing principals).
     async fn apply_account_identity(
         &self,
+        caller: &Caller,
         body: &mut Value,
         req: Option<Body<'_>>,
         account_id: &str,
@@ -179,6 +180,19 @@ impl MgmtService {
                 .map(|m| m.keys().cloned().collect::<Vec<_>>())
                 .unwrap_or_default()
             {
+                // Attaching an identity needs assign rights on it (Azure's rule), checked before
+                // the lookup so that neither outcome reveals another tenant's identities.
+                let assign = "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action";
+                if !self
+                    .rbac
+                    .is_allowed(&caller.object_id, assign, ActionKind::Control, &id)
+                    .await?
+                {
+                    return Err(bad(format!(
+                        "the user-assigned identity '{}' was not found or you may not assign it (needs {assign})",
+                        id.chars().take(300).collect::<String>()
+                    )));
+                }
                 let r = self
                     .store
                     .get_resource(&id)
@@ -259,7 +273,23 @@ impl MgmtService {
             p.insert("minimumTlsVersion".into(), json!(v));
         }
         if let Some(acl) = req.object("networkAcls")? {
+            if acl
+                .str("defaultAction")?
+                .is_some_and(|a| !a.eq_ignore_ascii_case("Allow"))
+            {
+                return Err(bad(
+                    "network rules are not enforced by this server: networkAcls.defaultAction must be Allow",
+                ));
+            }
             p.insert("networkAcls".into(), acl.0.clone());
+        }
+        if req
+            .str("publicNetworkAccess")?
+            .is_some_and(|v| !v.eq_ignore_ascii_case("Enabled"))
+        {
+            return Err(bad(
+                "network rules are not enforced by this server: publicNetworkAccess must be Enabled",
+            ));
         }
         if let Some(enc) = req.object("encryption")? {
             let source = enc.str("keySource")?.unwrap_or("Microsoft.Storage");
@@ -306,7 +336,9 @@ impl MgmtService {
             {
                 return Err(bad("the location of a storage account cannot change"));
             }
-            let b = self.patch_account_body(existing, &req, name).await?;
+            let b = self
+                .patch_account_body(caller, existing, &req, name)
+                .await?;
             return Ok(Put {
                 body: b,
                 created: false,
@@ -370,7 +402,7 @@ impl MgmtService {
             }
         });
         self.apply_account_properties(&mut b, req.object("properties")?, true)?;
-        self.apply_account_identity(&mut b, req.object("identity")?, &id, name)
+        self.apply_account_identity(caller, &mut b, req.object("identity")?, &id, name)
             .await?;
         b["_keys"] = self.new_account_keys(name)?;
         b["_aek"] = self.new_aek(name)?;
@@ -400,6 +432,7 @@ impl MgmtService {
 
     async fn patch_account_body(
         &self,
+        caller: &Caller,
         existing: Resource,
         req: &Body<'_>,
         name: &str,
@@ -425,7 +458,7 @@ impl MgmtService {
             b["kind"] = json!(k);
         }
         self.apply_account_properties(&mut b, req.object("properties")?, false)?;
-        self.apply_account_identity(&mut b, req.object("identity")?, &existing.id, name)
+        self.apply_account_identity(caller, &mut b, req.object("identity")?, &existing.id, name)
             .await?;
         let mut r = existing;
         r.body = b.clone();
@@ -453,7 +486,7 @@ impl MgmtService {
                     resource_type: STORAGE_TYPE.into(),
                     name: name.into(),
                 })?;
-        self.patch_account_body(existing, &req, name).await
+        self.patch_account_body(caller, existing, &req, name).await
     }
 
     pub async fn get_storage_account(
@@ -509,7 +542,10 @@ impl MgmtService {
         if let Some(pid) = r.body["identity"]["principalId"].as_str() {
             self.store.delete_principal(pid).await?;
         }
-        // The sealed AEK goes with the resource: the account's data is crypto-shredded.
+        // The sealed AEK goes with the resource: the account's data is crypto-shredded. Its
+        // blob index goes too, so a later account with the same name starts empty (the
+        // orphaned objects are unreadable garbage for the collector).
+        self.store.delete_account_data(&r.name).await?;
         self.store.delete_resource(&r.id).await?;
         Ok(())
     }
@@ -650,6 +686,8 @@ impl MgmtService {
 /// What the blob plane needs of an account: its ARM id (RBAC scope), region, and unsealed AEK.
 pub struct BlobAccount {
     pub name: String,
+    /// `allowSharedKeyAccess`: when false, only bearer tokens are accepted.
+    pub allow_shared_key: bool,
     pub id: String,
     pub region: String,
     pub aek_id: String,
@@ -675,6 +713,7 @@ impl MgmtService {
             .ok_or_else(|| DomainError::Internal("AEK encoding".into()))?;
         let aek = self.root.open(&aek_aad(&r.name, version), &sealed)?;
         Ok(BlobAccount {
+            allow_shared_key: r.body["properties"]["allowSharedKeyAccess"].as_bool() != Some(false),
             name: r.name.clone(),
             id: r.id.clone(),
             region: r.location.clone().unwrap_or_default(),
