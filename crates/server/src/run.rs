@@ -30,6 +30,9 @@ fn url_host(host: &str) -> String {
 }
 
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // Install the signal handlers first: a SIGTERM that arrives right after COFFER_READY
+    // must shut down gracefully, not kill the process with the default action.
+    let signals = Signals::install()?;
     let main_l = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -147,7 +150,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     let _ = tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -164,17 +167,24 @@ fn write_endpoints(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
