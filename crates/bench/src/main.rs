@@ -178,6 +178,26 @@ async fn load(
     })
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 fn claims(token: &str) -> Value {
     token
         .split('.')
@@ -259,10 +279,14 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let base = format!("https://benchkv.{vault_suffix}");
 
+    let pid = server.pid().unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as f64;
     println!(
-        "| key | operation | HTTPS ops/s | p50 ms | p99 ms | raw aws-lc-rs ops/s (2 threads) | HTTPS / raw |"
+        "| key | operation | HTTPS ops/s | p50 ms | p99 ms | server CPU µs/op | server-bound ops/s | raw aws-lc-rs ops/s (2 threads) | HTTPS / raw | server-bound / raw |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let cases: [(&str, Value, &str, Option<KeySize>); 4] = [
         (
             "RSA-2048",
@@ -318,6 +342,7 @@ async fn main() -> anyhow::Result<()> {
             ),
         ] {
             let url = format!("{base}/keys/{name}/{version}/{op}?api-version=7.6");
+            let cpu0 = cpu_seconds(pid);
             let s = load(
                 &client,
                 &url,
@@ -327,15 +352,19 @@ async fn main() -> anyhow::Result<()> {
                 args.seconds,
             )
             .await?;
+            let cpu_per_op = (cpu_seconds(pid) - cpu0) / (s.ops * args.seconds as f64);
+            let server_bound = cores / cpu_per_op;
             let raw = match (size, op) {
                 (Some(sz), "unwrapkey") => raw_rsa_unwrap(sz, 2, args.seconds)?,
                 (Some(_), _) => f64::NAN,
                 (None, o) => raw_kw(2, args.seconds, o == "unwrapkey"),
             };
-            let ratio = if raw.is_nan() {
-                "—".to_string()
-            } else {
-                format!("{:.0}%", 100.0 * s.ops / raw)
+            let pct = |x: f64| {
+                if raw.is_nan() {
+                    "—".to_string()
+                } else {
+                    format!("{:.0}%", 100.0 * x / raw)
+                }
             };
             let raw_s = if raw.is_nan() {
                 "—".to_string()
@@ -343,8 +372,14 @@ async fn main() -> anyhow::Result<()> {
                 format!("{raw:.0}")
             };
             println!(
-                "| {label} | {op} | {:.0} | {:.2} | {:.2} | {raw_s} | {ratio} |",
-                s.ops, s.p50_ms, s.p99_ms
+                "| {label} | {op} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {raw_s} | {} | {} |",
+                s.ops,
+                s.p50_ms,
+                s.p99_ms,
+                cpu_per_op * 1e6,
+                server_bound,
+                pct(s.ops),
+                pct(server_bound)
             );
         }
     }

@@ -74,6 +74,11 @@ impl TestServer {
         Ok(())
     }
 
+    /// The server's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
