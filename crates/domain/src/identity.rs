@@ -102,6 +102,22 @@ pub enum TokenError {
     Domain(#[from] DomainError),
 }
 
+/// The claims of a token whose signature verified. Tokens are immutable, so a verified
+/// token's claims are remembered (keyed by SHA-256 of the token) and the RSA verification and
+/// JSON parsing are not redone on every request; every time-, tenant-, audience- and
+/// principal-dependent check still runs on each use.
+#[derive(Clone)]
+struct VerifiedClaims {
+    exp: i64,
+    nbf: i64,
+    tid: String,
+    iss: String,
+    aud: String,
+    oid: String,
+}
+
+const VERIFIED_CACHE_MAX: usize = 10_000;
+
 pub struct IssuedToken {
     pub access_token: SecretString,
     pub expires_in: i64,
@@ -113,6 +129,7 @@ pub struct IdentityService {
     signing: SigningKey,
     secret_key: SecretBytes,
     tenant_id: String,
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedClaims>>,
     /// Base of the token issuer, independent of ports so tokens survive a restart:
     /// `iss` = `{issuer_base}/{tenant}/v2.0`.
     issuer_base: String,
@@ -135,6 +152,7 @@ impl IdentityService {
             signing,
             secret_key,
             tenant_id,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
             issuer_base,
             audiences,
         }
@@ -316,6 +334,49 @@ impl IdentityService {
         token: &str,
         plane: Plane,
     ) -> std::result::Result<Caller, AuthError> {
+        let claims = self.verified_claims(token)?;
+        let now = self.clock.now();
+        if now >= claims.exp {
+            return Err(AuthError::Expired);
+        }
+        if claims.nbf > now + SKEW {
+            return Err(AuthError::NotYetValid);
+        }
+        if !self.is_known_tenant(&claims.tid) || claims.iss != self.issuer(&claims.tid) {
+            return Err(AuthError::WrongIssuer);
+        }
+        let aud = claims.aud.trim_end_matches('/');
+        if !self
+            .audiences
+            .for_plane(plane)
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(aud))
+        {
+            return Err(AuthError::WrongAudience);
+        }
+        let principal = self
+            .store
+            .get_principal(&claims.oid)
+            .await
+            .map_err(|_| AuthError::UnknownPrincipal)?
+            .ok_or(AuthError::UnknownPrincipal)?;
+        Ok(Caller {
+            tenant_id: principal.tenant_id,
+            object_id: principal.object_id,
+            app_id: principal.client_id.unwrap_or_default(),
+            kind: principal.kind,
+            is_admin: principal.is_admin,
+        })
+    }
+
+    fn verified_claims(&self, token: &str) -> std::result::Result<VerifiedClaims, AuthError> {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        if let Some(c) = self.verified.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
         let claims = self.signing.verify(token).map_err(|e| match e {
             coffer_crypto::jwt::TokenError::Malformed => AuthError::Malformed,
             coffer_crypto::jwt::TokenError::BadSignature => AuthError::BadSignature,
@@ -328,43 +389,28 @@ impl IdentityService {
                 .to_string()
         };
         let n = |k: &str| claims.get(k).and_then(Value::as_i64);
-        let now = self.clock.now();
         let (Some(exp), Some(nbf)) = (n("exp"), n("nbf")) else {
             return Err(AuthError::Malformed);
         };
-        if now >= exp {
-            return Err(AuthError::Expired);
+        let c = VerifiedClaims {
+            exp,
+            nbf,
+            tid: s("tid"),
+            iss: s("iss"),
+            aud: s("aud"),
+            oid: s("oid"),
+        };
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_CACHE_MAX {
+                let now = self.clock.now();
+                m.retain(|_, v| v.exp > now);
+                if m.len() >= VERIFIED_CACHE_MAX {
+                    m.clear();
+                }
+            }
+            m.insert(key, c.clone());
         }
-        if nbf > now + SKEW {
-            return Err(AuthError::NotYetValid);
-        }
-        let tid = s("tid");
-        if !self.is_known_tenant(&tid) || s("iss") != self.issuer(&tid) {
-            return Err(AuthError::WrongIssuer);
-        }
-        let aud = s("aud");
-        let aud = aud.trim_end_matches('/');
-        if !self
-            .audiences
-            .for_plane(plane)
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(aud))
-        {
-            return Err(AuthError::WrongAudience);
-        }
-        let principal = self
-            .store
-            .get_principal(&s("oid"))
-            .await
-            .map_err(|_| AuthError::UnknownPrincipal)?
-            .ok_or(AuthError::UnknownPrincipal)?;
-        Ok(Caller {
-            tenant_id: principal.tenant_id,
-            object_id: principal.object_id,
-            app_id: principal.client_id.unwrap_or_default(),
-            kind: principal.kind,
-            is_admin: principal.is_admin,
-        })
+        Ok(c)
     }
 
     /// Check a console user's password (Argon2id, constant-time).
