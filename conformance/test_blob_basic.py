@@ -241,3 +241,36 @@ def test_host_style_urls_through_the_proxy(coffer, account):
     assert cc.download_blob("logs/a.txt").readall() == b"A"
     assert cc.download_blob("logs/b.txt").readall() == b"B"
     assert sorted(b.name for b in cc.list_blobs()) == ["logs/a.txt", "logs/b.txt"]
+
+
+def test_conditional_requests(coffer, account):
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError
+    import datetime
+    cc = _client(coffer, account).create_container(unique("cd-").lower())
+    bc = cc.get_blob_client("c")
+    etag = bc.upload_blob(b"v1")["etag"]
+    # reads
+    assert bc.download_blob(etag=etag, match_condition=MatchConditions.IfNotModified).readall() == b"v1"
+    with pytest.raises(ResourceModifiedError) as info:
+        bc.download_blob(etag='"0xDEADBEEF"', match_condition=MatchConditions.IfNotModified).readall()
+    assert info.value.status_code == 412
+    # 304 on HEAD: the SDK raises a plain HttpResponseError (no body to parse).
+    with pytest.raises(HttpResponseError) as info:
+        bc.get_blob_properties(etag=etag, match_condition=MatchConditions.IfModified)
+    assert info.value.status_code == 304
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    with pytest.raises(HttpResponseError) as info:
+        bc.get_blob_properties(if_modified_since=future)
+    assert info.value.status_code == 304
+    # writes
+    with pytest.raises(ResourceModifiedError):
+        bc.upload_blob(b"v2", overwrite=True, etag='"0xDEADBEEF"', match_condition=MatchConditions.IfNotModified)
+    etag2 = bc.upload_blob(b"v2", overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)["etag"]
+    assert etag2 != etag
+    past = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    with pytest.raises(ResourceModifiedError):
+        bc.delete_blob(if_unmodified_since=past)
+    with pytest.raises(ResourceModifiedError):
+        bc.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+    bc.delete_blob(etag=etag2, match_condition=MatchConditions.IfNotModified)

@@ -797,6 +797,14 @@ async fn execute(
             let headers = content_headers(h, true);
             let meta = metadata_from(h)?;
             let if_none_match_any = hv(h, "if-none-match") == Some("*");
+            if has_write_conditions(h) {
+                let cur = svc
+                    .current_for_write(auth, acct, &container, &blob, false)
+                    .await?;
+                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
+                    return Ok(condition_response(f, None, rid));
+                }
+            }
             let mut src = BodySource(body);
             let rec = match svc
                 .put_blob(
@@ -829,6 +837,9 @@ async fn execute(
         }
         BlobOp::HeadBlob { container, blob } => {
             let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
+            if let Some(f) = check_conditions(h, Some(&rec), true) {
+                return Ok(condition_response(f, Some(&rec), rid));
+            }
             let meta = coffer_domain::blob::BlobService::open_metadata(
                 acct,
                 &container,
@@ -842,6 +853,9 @@ async fn execute(
         }
         BlobOp::GetBlob { container, blob } => {
             let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
+            if let Some(f) = check_conditions(h, Some(&rec), true) {
+                return Ok(condition_response(f, Some(&rec), rid));
+            }
             let meta = coffer_domain::blob::BlobService::open_metadata(
                 acct,
                 &container,
@@ -935,6 +949,14 @@ async fn execute(
                 }
             };
             let list = parse_block_list(&xml)?;
+            if has_write_conditions(h) || hv(h, "if-none-match") == Some("*") {
+                let cur = svc
+                    .current_for_write(auth, acct, &container, &blob, false)
+                    .await?;
+                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
+                    return Ok(condition_response(f, None, rid));
+                }
+            }
             let meta = metadata_from(h)?;
             let rec = svc
                 .put_block_list(
@@ -989,6 +1011,14 @@ async fn execute(
             b.body(Body::from(x)).unwrap_or_default()
         }
         BlobOp::DeleteBlob { container, blob } => {
+            if has_write_conditions(h) {
+                let cur = svc
+                    .current_for_write(auth, acct, &container, &blob, true)
+                    .await?;
+                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
+                    return Ok(condition_response(f, None, rid));
+                }
+            }
             svc.delete_blob(auth, acct, &container, &blob).await?;
             ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
         }
@@ -1070,6 +1100,91 @@ pub fn parse_block_list(xml: &[u8]) -> Result<Vec<(BlockListKind, String)>, Doma
     Ok(out)
 }
 
+/// Why a conditional request does not proceed.
+#[derive(Debug, PartialEq, Eq)]
+enum CondFailure {
+    /// 304 (reads only).
+    NotModified,
+    /// 412 ConditionNotMet.
+    Precondition,
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    let bare = etag.trim_matches('"');
+    list.split(',')
+        .map(str::trim)
+        .any(|e| e == "*" || e.trim_matches('"') == bare)
+}
+
+fn http_time(v: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// Azure's conditional headers against the current blob (`None` = the blob does not exist).
+fn check_conditions(
+    h: &HeaderMap,
+    current: Option<&BlobRecord>,
+    read: bool,
+) -> Option<CondFailure> {
+    let fail_changed = if read {
+        CondFailure::NotModified
+    } else {
+        CondFailure::Precondition
+    };
+    if let Some(m) = hv(h, "if-match") {
+        match current {
+            Some(c) if etag_matches(m, &c.etag) => {}
+            _ => return Some(CondFailure::Precondition),
+        }
+    }
+    if let (Some(m), Some(c)) = (hv(h, "if-none-match"), current)
+        && etag_matches(m, &c.etag)
+    {
+        return Some(fail_changed);
+    }
+    if let (Some(d), Some(c)) = (hv(h, "if-modified-since").and_then(http_time), current)
+        && c.last_modified <= d
+    {
+        return Some(fail_changed);
+    }
+    if let (Some(d), Some(c)) = (hv(h, "if-unmodified-since").and_then(http_time), current)
+        && c.last_modified > d
+    {
+        return Some(CondFailure::Precondition);
+    }
+    None
+}
+
+fn condition_response(f: CondFailure, rec: Option<&BlobRecord>, rid: &str) -> Response {
+    match f {
+        CondFailure::NotModified => {
+            let mut b = base(StatusCode::NOT_MODIFIED, rid);
+            if let Some(r) = rec {
+                b = b
+                    .header(http::header::ETAG, &r.etag)
+                    .header(http::header::LAST_MODIFIED, httpdate(r.last_modified));
+            }
+            b.body(Body::empty()).unwrap_or_default()
+        }
+        CondFailure::Precondition => error_with(
+            StatusCode::PRECONDITION_FAILED,
+            "ConditionNotMet",
+            "The condition specified using HTTP conditional header(s) is not met.",
+            rid,
+        ),
+    }
+}
+
+/// Conditional headers a write carries (other than Put Blob's `If-None-Match: *`).
+fn has_write_conditions(h: &HeaderMap) -> bool {
+    hv(h, "if-match").is_some()
+        || hv(h, "if-none-match").is_some_and(|v| v != "*")
+        || hv(h, "if-modified-since").is_some()
+        || hv(h, "if-unmodified-since").is_some()
+}
+
 fn max_results(q: &HashMap<String, String>) -> Result<usize, DomainError> {
     match q.get("maxresults") {
         None => Ok(MAX_RESULTS),
@@ -1135,6 +1250,73 @@ mod tests {
         );
         assert_eq!(
             BlobOp::parse(&Method::POST, Some("c"), Some("b"), &q(&[])),
+            None
+        );
+    }
+
+    #[test]
+    fn conditions() {
+        let rec = BlobRecord {
+            account: "a".into(),
+            container: "c".into(),
+            name: "b".into(),
+            region: "eastus".into(),
+            parts: vec![],
+            size: 0,
+            etag: "\"0xABC\"".into(),
+            created: 1_000,
+            last_modified: 1_000_000,
+            content_type: None,
+            content_encoding: None,
+            content_language: None,
+            content_disposition: None,
+            cache_control: None,
+            content_md5: None,
+            metadata: None,
+        };
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().unwrap_or_else(|_| unreachable!()));
+            }
+            m
+        };
+        assert_eq!(
+            check_conditions(&h(&[("if-match", "\"0xABC\"")]), Some(&rec), true),
+            None
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-match", "\"0xDEF\"")]), Some(&rec), true),
+            Some(CondFailure::Precondition)
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-match", "*")]), None, false),
+            Some(CondFailure::Precondition)
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-none-match", "\"0xABC\"")]), Some(&rec), true),
+            Some(CondFailure::NotModified)
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-none-match", "\"0xABC\"")]), Some(&rec), false),
+            Some(CondFailure::Precondition)
+        );
+        let later = httpdate(2_000_000);
+        let earlier = httpdate(10);
+        assert_eq!(
+            check_conditions(&h(&[("if-modified-since", &later)]), Some(&rec), true),
+            Some(CondFailure::NotModified)
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-modified-since", &earlier)]), Some(&rec), true),
+            None
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-unmodified-since", &earlier)]), Some(&rec), false),
+            Some(CondFailure::Precondition)
+        );
+        assert_eq!(
+            check_conditions(&h(&[("if-unmodified-since", &later)]), Some(&rec), false),
             None
         );
     }

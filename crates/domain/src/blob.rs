@@ -503,6 +503,27 @@ impl BlobService {
         Ok(rec)
     }
 
+    /// The committed record of a blob, for evaluating a write's conditions; the caller must
+    /// first hold the write permission (checked here), so a 412 reveals nothing it could not
+    /// learn by writing.
+    pub async fn current_for_write(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        action_delete: bool,
+    ) -> Result<Option<BlobRecord>> {
+        let action = if action_delete {
+            actions::BLOB_DELETE
+        } else {
+            actions::BLOB_WRITE
+        };
+        self.authorize(auth, acct, action, ActionKind::Data, Some(container))
+            .await?;
+        self.store.get_blob(&acct.name, container, name).await
+    }
+
     pub async fn get_blob_record(
         &self,
         auth: &BlobAuth,
