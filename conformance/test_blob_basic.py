@@ -274,3 +274,31 @@ def test_conditional_requests(coffer, account):
     with pytest.raises(ResourceModifiedError):
         bc.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
     bc.delete_blob(etag=etag2, match_condition=MatchConditions.IfNotModified)
+
+
+def test_metadata_properties_and_copy(coffer, account):
+    from azure.storage.blob import ContentSettings
+    svc = _client(coffer, account)
+    cc = svc.create_container(unique("mp-").lower())
+    bc = cc.get_blob_client("src")
+    data = os.urandom(150_000)
+    bc.upload_blob(data, metadata={"a": "1"})
+    bc.set_blob_metadata({"b": "2", "c_3": "three"})
+    assert bc.get_blob_properties().metadata == {"b": "2", "c_3": "three"}
+    bc.set_http_headers(ContentSettings(content_type="text/csv", cache_control="no-cache"))
+    props = bc.get_blob_properties()
+    assert props.content_settings.content_type == "text/csv"
+    assert props.content_settings.cache_control == "no-cache"
+    assert props.metadata == {"b": "2", "c_3": "three"}, "properties do not touch metadata"
+    # container metadata
+    cc.set_container_metadata({"owner": "ops"})
+    assert cc.get_container_properties().metadata == {"owner": "ops"}
+    # synchronous copy within the account (re-encrypted under the destination's identity)
+    dst = cc.get_blob_client("dir/copy")
+    copy = dst.start_copy_from_url(bc.url)
+    assert copy["copy_status"] == "success"
+    assert dst.download_blob().readall() == data
+    assert dst.get_blob_properties().metadata == {"b": "2", "c_3": "three"}
+    # the copy is independent of its source
+    bc.delete_blob()
+    assert dst.download_blob().readall() == data

@@ -165,6 +165,21 @@ pub enum BlobOp {
         blob: String,
         block_id: String,
     },
+    SetBlobMetadata {
+        container: String,
+        blob: String,
+    },
+    GetBlobMetadata {
+        container: String,
+        blob: String,
+    },
+    SetBlobProperties {
+        container: String,
+        blob: String,
+    },
+    SetContainerMetadata {
+        container: String,
+    },
     PutBlockList {
         container: String,
         blob: String,
@@ -195,6 +210,8 @@ impl BlobOp {
                     ("PUT", None) => Some(Self::CreateContainer { container }),
                     ("GET" | "HEAD", None) => Some(Self::GetContainer { container }),
                     ("DELETE", None) => Some(Self::DeleteContainer { container }),
+                    ("PUT", Some("metadata")) => Some(Self::SetContainerMetadata { container }),
+                    ("GET" | "HEAD", Some("metadata")) => Some(Self::GetContainer { container }),
                     ("GET", Some("list")) => Some(Self::ListBlobs { container }),
                     _ => None,
                 }
@@ -204,6 +221,20 @@ impl BlobOp {
                     container: c.to_string(),
                     blob: b.to_string(),
                     block_id: q.get("blockid")?.clone(),
+                })
+            }
+            (Some(c), Some(b)) if comp == Some("metadata") => {
+                let (container, blob) = (c.to_string(), b.to_string());
+                match method.as_str() {
+                    "PUT" => Some(Self::SetBlobMetadata { container, blob }),
+                    "GET" | "HEAD" => Some(Self::GetBlobMetadata { container, blob }),
+                    _ => None,
+                }
+            }
+            (Some(c), Some(b)) if comp == Some("properties") && method == Method::PUT => {
+                Some(Self::SetBlobProperties {
+                    container: c.to_string(),
+                    blob: b.to_string(),
                 })
             }
             (Some(c), Some(b)) if comp == Some("blocklist") => {
@@ -772,6 +803,30 @@ async fn execute(
                 .body(Body::from(x))
                 .unwrap_or_default()
         }
+        BlobOp::PutBlob { container, blob } if hv(h, "x-ms-copy-source").is_some() => {
+            let source = hv(h, "x-ms-copy-source").unwrap_or_default();
+            let (src_container, src_blob) = copy_source(state, &acct.name, source)?;
+            let meta = metadata_from(h)?;
+            let rec = svc
+                .copy_blob(
+                    auth,
+                    acct,
+                    &src_container,
+                    &src_blob,
+                    &container,
+                    &blob,
+                    (!meta.is_empty()).then_some(meta.as_slice()),
+                )
+                .await?;
+            ok(base(StatusCode::ACCEPTED, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+                .header(
+                    "x-ms-copy-id",
+                    coffer_crypto::random::uuid().unwrap_or_default(),
+                )
+                .header("x-ms-copy-status", "success"))
+        }
         BlobOp::PutBlob { container, blob } => {
             match hv(h, "x-ms-blob-type") {
                 Some("BlockBlob") => {}
@@ -1010,6 +1065,46 @@ async fn execute(
             }
             b.body(Body::from(x)).unwrap_or_default()
         }
+        BlobOp::SetBlobMetadata { container, blob } => {
+            let rec = svc
+                .set_blob_metadata(auth, acct, &container, &blob, &metadata_from(h)?)
+                .await?;
+            ok(base(StatusCode::OK, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+                .header("x-ms-request-server-encrypted", "true"))
+        }
+        BlobOp::GetBlobMetadata { container, blob } => {
+            let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
+            let mut b = base(StatusCode::OK, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified));
+            for (k, v) in coffer_domain::blob::BlobService::open_metadata(
+                acct,
+                &container,
+                &blob,
+                rec.metadata.as_deref(),
+            )? {
+                b = b.header(format!("x-ms-meta-{k}"), v);
+            }
+            ok(b)
+        }
+        BlobOp::SetBlobProperties { container, blob } => {
+            let rec = svc
+                .set_blob_properties(auth, acct, &container, &blob, content_headers(h, false))
+                .await?;
+            ok(base(StatusCode::OK, rid)
+                .header(http::header::ETAG, &rec.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified)))
+        }
+        BlobOp::SetContainerMetadata { container } => {
+            let c = svc
+                .set_container_metadata(auth, acct, &container, &metadata_from(h)?)
+                .await?;
+            ok(base(StatusCode::OK, rid)
+                .header(http::header::ETAG, &c.etag)
+                .header(http::header::LAST_MODIFIED, httpdate(c.last_modified)))
+        }
         BlobOp::DeleteBlob { container, blob } => {
             if has_write_conditions(h) {
                 let cur = svc
@@ -1098,6 +1193,38 @@ pub fn parse_block_list(xml: &[u8]) -> Result<Vec<(BlockListKind, String)>, Doma
         return Err(bad("the body is not a BlockList document"));
     }
     Ok(out)
+}
+
+/// `(container, blob)` of a copy source URL in the same account (path- or host-style).
+fn copy_source(
+    state: &AppState,
+    account: &str,
+    url: &str,
+) -> Result<(String, String), DomainError> {
+    let bad = || {
+        DomainError::InvalidProperty("x-ms-copy-source must be a blob URL of this account".into())
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    let host = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = uri.path().trim_start_matches('/');
+    let rest = match state.endpoints.account_of_host(host) {
+        Some(a) if a == account => path,
+        Some(_) => return Err(bad()),
+        None => {
+            let (a, rest) = path.split_once('/').ok_or_else(bad)?;
+            if a != account {
+                return Err(DomainError::InvalidProperty(
+                    "copies between accounts are not supported yet".into(),
+                ));
+            }
+            rest
+        }
+    };
+    let (c, b) = rest.split_once('/').ok_or_else(bad)?;
+    match (percent_decode(c), percent_decode(b)) {
+        (Some(c), Some(b)) if !c.is_empty() && !b.is_empty() => Ok((c, b)),
+        _ => Err(bad()),
+    }
 }
 
 /// Why a conditional request does not proceed.

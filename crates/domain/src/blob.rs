@@ -803,6 +803,175 @@ impl BlobService {
         Ok(rec)
     }
 
+    /// Set Blob Metadata: replaces the user metadata (new ETag).
+    pub async fn set_blob_metadata(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        meta: &[(String, String)],
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        let mut rec = self
+            .store
+            .get_blob(&acct.name, container, name)
+            .await?
+            .ok_or(DomainError::BlobNotFound)?;
+        rec.metadata = Self::seal_metadata(acct, container, name, meta)?;
+        rec.etag = self.etag()?;
+        rec.last_modified = self.clock.now();
+        self.store.update_blob(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Set Blob Properties: replaces the content headers (new ETag).
+    pub async fn set_blob_properties(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        headers: ContentHeaders,
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        let mut rec = self
+            .store
+            .get_blob(&acct.name, container, name)
+            .await?
+            .ok_or(DomainError::BlobNotFound)?;
+        rec.content_type = headers.content_type;
+        rec.content_encoding = headers.content_encoding;
+        rec.content_language = headers.content_language;
+        rec.content_disposition = headers.content_disposition;
+        rec.cache_control = headers.cache_control;
+        rec.content_md5 = headers.content_md5;
+        rec.etag = self.etag()?;
+        rec.last_modified = self.clock.now();
+        self.store.update_blob(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Set Container Metadata.
+    pub async fn set_container_metadata(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        meta: &[(String, String)],
+    ) -> Result<ContainerRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::CONTAINER_WRITE,
+            ActionKind::Control,
+            Some(container),
+        )
+        .await?;
+        let mut c = self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .ok_or(DomainError::ContainerNotFound)?;
+        c.metadata = Self::seal_metadata(acct, container, "", meta)?;
+        c.etag = self.etag()?;
+        c.last_modified = self.clock.now();
+        self.store.put_container(&c).await?;
+        Ok(c)
+    }
+
+    /// Copy Blob within the account, synchronously: the bytes are decrypted and re-encrypted
+    /// (a blob's identity is bound into its ciphertext, so bytes cannot move as they are).
+    /// Metadata: `meta` when given, else the source's.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy_blob(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        src_container: &str,
+        src_name: &str,
+        container: &str,
+        name: &str,
+        meta: Option<&[(String, String)]>,
+    ) -> Result<BlobRecord> {
+        let src = self
+            .get_blob_record(auth, acct, src_container, src_name)
+            .await?;
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        validate_blob_name(name)?;
+        if self
+            .store
+            .get_container(&acct.name, container)
+            .await?
+            .is_none()
+        {
+            return Err(DomainError::ContainerNotFound);
+        }
+        let meta_vec = match meta {
+            Some(m) => m.to_vec(),
+            None => Self::open_metadata(acct, src_container, src_name, src.metadata.as_deref())?,
+        };
+        struct ReaderSource(BlobReader);
+        #[async_trait]
+        impl ByteSource for ReaderSource {
+            async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+                self.0.next_chunk().await
+            }
+        }
+        let mut source = ReaderSource(self.read(acct, &src, 0, src.size).await?);
+        let part = self
+            .write_object(acct, container, name, src.size, &mut source, None)
+            .await?;
+        let now = self.clock.now();
+        let rec = BlobRecord {
+            account: acct.name.clone(),
+            container: container.into(),
+            name: name.into(),
+            region: acct.region.clone(),
+            parts: vec![part],
+            size: src.size,
+            etag: self.etag()?,
+            created: now,
+            last_modified: now,
+            content_type: src.content_type.clone(),
+            content_encoding: src.content_encoding.clone(),
+            content_language: src.content_language.clone(),
+            content_disposition: src.content_disposition.clone(),
+            cache_control: src.cache_control.clone(),
+            content_md5: src.content_md5.clone(),
+            metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
+        };
+        let old = self.store.commit_blob(&rec).await?;
+        self.forget_parts(
+            &rec.region,
+            old.map(|o| o.parts).unwrap_or_default(),
+            &rec.parts,
+        )
+        .await;
+        Ok(rec)
+    }
+
     /// Get Block List: (committed, uncommitted) blocks as (id, size).
     pub async fn get_block_list(
         &self,

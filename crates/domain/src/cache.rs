@@ -325,4 +325,7 @@ impl MetaStore for CachedStore {
     async fn delete_account_data(&self, account: &str) -> Result<()> {
         self.inner.delete_account_data(account).await
     }
+    async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
+        self.inner.update_blob(b).await
+    }
 }

@@ -120,4 +120,6 @@ pub trait MetaStore: Send + Sync {
     async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
     /// Remove every container, blob and staged block record of an account.
     async fn delete_account_data(&self, account: &str) -> Result<()>;
+    /// Replace a committed blob's record (metadata/properties updates; staged blocks stay).
+    async fn update_blob(&self, b: &BlobRecord) -> Result<()>;
 }

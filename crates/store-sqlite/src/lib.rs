@@ -876,6 +876,18 @@ impl MetaStore for SqliteStore {
         tx.commit().await.map_err(db_err)?;
         Ok(())
     }
+
+    async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
+        sqlx::query("UPDATE blobs SET data = ? WHERE account = ? AND container = ? AND name = ?")
+            .bind(to_json(b)?)
+            .bind(&b.account)
+            .bind(&b.container)
+            .bind(&b.name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 }
 
 #[async_trait]
