@@ -302,3 +302,51 @@ def test_metadata_properties_and_copy(coffer, account):
     # the copy is independent of its source
     bc.delete_blob()
     assert dst.download_blob().readall() == data
+
+
+def test_shared_access_signatures(coffer, account):
+    import datetime
+    from azure.storage.blob import (AccountSasPermissions, BlobClient, BlobSasPermissions, ContainerClient,
+                                    ContainerSasPermissions, ResourceTypes, generate_account_sas,
+                                    generate_blob_sas, generate_container_sas)
+    name = unique("sas-").lower()
+    cc = _client(coffer, account).create_container(name)
+    cc.upload_blob("doc.txt", b"shared")
+    base = f"{coffer.endpoints['blob']}/{account['name']}"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    # blob SAS, read only
+    sas = generate_blob_sas(account["name"], name, "doc.txt", account_key=account["key"],
+                            permission=BlobSasPermissions(read=True), expiry=now + datetime.timedelta(hours=1))
+    bc = BlobClient.from_blob_url(f"{base}/{name}/doc.txt?{sas}", connection_verify=coffer.ca)
+    assert bc.download_blob().readall() == b"shared"
+    with pytest.raises(HttpResponseError) as info:
+        bc.upload_blob(b"x", overwrite=True)
+    assert info.value.status_code == 403
+    # expired
+    old = generate_blob_sas(account["name"], name, "doc.txt", account_key=account["key"],
+                            permission=BlobSasPermissions(read=True), expiry=now - datetime.timedelta(minutes=5))
+    with pytest.raises(HttpResponseError) as info:
+        BlobClient.from_blob_url(f"{base}/{name}/doc.txt?{old}", connection_verify=coffer.ca).download_blob().readall()
+    assert info.value.status_code == 403
+    # tampered: the signature covers the permissions
+    tampered = sas.replace("sp=r", "sp=rwd")
+    with pytest.raises(HttpResponseError) as info:
+        BlobClient.from_blob_url(f"{base}/{name}/doc.txt?{tampered}", connection_verify=coffer.ca).delete_blob()
+    assert info.value.status_code == 403
+    # container SAS: list + write
+    csas = generate_container_sas(account["name"], name, account_key=account["key"],
+                                  permission=ContainerSasPermissions(read=True, write=True, list=True),
+                                  expiry=now + datetime.timedelta(hours=1))
+    ccs = ContainerClient.from_container_url(f"{base}/{name}?{csas}", connection_verify=coffer.ca)
+    ccs.upload_blob("new.txt", b"via container sas")
+    assert sorted(b.name for b in ccs.list_blobs()) == ["doc.txt", "new.txt"]
+    with pytest.raises(HttpResponseError):
+        ccs.delete_blob("new.txt")
+    # account SAS
+    asas = generate_account_sas(account["name"], account_key=account["key"],
+                                resource_types=ResourceTypes(service=True, container=True, object=True),
+                                permission=AccountSasPermissions(read=True, list=True, create=True, write=True),
+                                expiry=now + datetime.timedelta(hours=1))
+    svc = BlobServiceClient(f"{base}?{asas}", connection_verify=coffer.ca)
+    assert name in [c.name for c in svc.list_containers()]
+    assert svc.get_blob_client(name, "doc.txt").download_blob().readall() == b"shared"

@@ -532,6 +532,35 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
                 );
             }
         },
+        Auth::None if crate::sas::present(&q) => {
+            let keys = match state.blob.account_keys(&account).await {
+                Ok(k) => k,
+                Err(e) => return domain_error(&e, &rid),
+            };
+            let peer = req.extensions().get::<crate::PeerAddr>().map(|p| p.0.ip());
+            match crate::sas::verify(
+                &q,
+                &account,
+                container.as_deref(),
+                blob.as_deref(),
+                &keys,
+                now(),
+                peer,
+            ) {
+                Ok(grant) if grant.allows(&op) => BlobAuth::SharedKey,
+                Ok(_) => {
+                    return error_with(
+                        StatusCode::FORBIDDEN,
+                        "AuthorizationPermissionMismatch",
+                        "This request is not authorized to perform this operation using this permission.",
+                        &rid,
+                    );
+                }
+                Err(msg) => {
+                    return error_with(StatusCode::FORBIDDEN, "AuthenticationFailed", msg, &rid);
+                }
+            }
+        }
         Auth::None => {
             return unauthorized(
                 &state,

@@ -25,6 +25,7 @@ pub mod blob;
 pub mod body;
 pub mod identity;
 pub mod ops;
+pub mod sas;
 pub mod sharedkey;
 pub mod vault;
 
