@@ -250,7 +250,7 @@ mod tests {
             at,
             None,
         );
-        let g = g.unwrap_or_else(|e| panic_free(e));
+        let g = g.unwrap_or_else(panic_free);
         assert!(g.allows(&BlobOp::GetBlob {
             container: "cont".into(),
             blob: "dir/file one.txt".into()
