@@ -350,3 +350,25 @@ def test_shared_access_signatures(coffer, account):
     svc = BlobServiceClient(f"{base}?{asas}", connection_verify=coffer.ca)
     assert name in [c.name for c in svc.list_containers()]
     assert svc.get_blob_client(name, "doc.txt").download_blob().readall() == b"shared"
+
+
+def test_content_md5_is_validated(coffer, account):
+    cc = _client(coffer, account).create_container(unique("md-").lower())
+    data = os.urandom(70_000)
+    cc.upload_blob("ok", data, validate_content=True)
+    props = cc.get_blob_client("ok").get_blob_properties()
+    assert bytes(props.content_settings.content_md5) == hashlib.md5(data).digest()
+    staged = BlobServiceClient(f"{coffer.endpoints['blob']}/{account['name']}",
+                               credential={"account_name": account["name"], "account_key": account["key"]},
+                               connection_verify=coffer.ca, max_single_put_size=16 * 1024, max_block_size=16 * 1024)
+    staged.get_container_client(cc.container_name).upload_blob("blocks", data, validate_content=True)
+    # A wrong Content-MD5 is refused and nothing is written.
+    from azure.core.rest import HttpRequest
+    bc = cc.get_blob_client("bad")
+    req = HttpRequest("PUT", bc.url, content=b"hello",
+                      headers={"x-ms-blob-type": "BlockBlob", "Content-MD5": base64.b64encode(b"0" * 16).decode(),
+                               "x-ms-version": "2025-11-05"})
+    resp = bc._client._client.send_request(req)  # pylint: disable=protected-access
+    assert resp.status_code == 400
+    assert resp.headers["x-ms-error-code"] == "Md5Mismatch"
+    assert "bad" not in [b.name for b in cc.list_blobs()]

@@ -638,7 +638,8 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::ContainerAlreadyExists => (StatusCode::CONFLICT, "Conflict"),
         DomainError::InvalidRange
         | DomainError::InvalidXml(_)
-        | DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+        | DomainError::InvalidBlockList(_)
+        | DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
         DomainError::Internal(detail) => {

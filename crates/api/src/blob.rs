@@ -95,6 +95,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidRange => (StatusCode::RANGE_NOT_SATISFIABLE, "InvalidRange"),
         DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "InvalidBlockList"),
         DomainError::InvalidXml(_) => (StatusCode::BAD_REQUEST, "InvalidXmlDocument"),
+        DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "Md5Mismatch"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
         DomainError::InvalidName {
             kind: "container", ..
@@ -889,6 +890,7 @@ async fn execute(
                     return Ok(condition_response(f, None, rid));
                 }
             }
+            let md5 = content_md5(h)?;
             let mut src = BodySource(body);
             let rec = match svc
                 .put_blob(
@@ -901,6 +903,7 @@ async fn execute(
                     headers,
                     &meta,
                     if_none_match_any,
+                    md5,
                 )
                 .await
             {
@@ -914,10 +917,14 @@ async fn execute(
                 }
                 other => other?,
             };
-            ok(base(StatusCode::CREATED, rid)
+            let mut b = base(StatusCode::CREATED, rid)
                 .header(http::header::ETAG, &rec.etag)
                 .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
-                .header("x-ms-request-server-encrypted", "true"))
+                .header("x-ms-request-server-encrypted", "true");
+            if let Some(m) = &rec.content_md5 {
+                b = b.header("content-md5", m);
+            }
+            ok(b)
         }
         BlobOp::HeadBlob { container, blob } => {
             let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
@@ -930,10 +937,12 @@ async fn execute(
                 &blob,
                 rec.metadata.as_deref(),
             )?;
-            blob_headers(base(StatusCode::OK, rid), &rec, &meta)
-                .header(http::header::CONTENT_LENGTH, rec.size)
-                .body(Body::empty())
-                .unwrap_or_default()
+            let mut b = blob_headers(base(StatusCode::OK, rid), &rec, &meta)
+                .header(http::header::CONTENT_LENGTH, rec.size);
+            if let Some(m) = &rec.content_md5 {
+                b = b.header("content-md5", m);
+            }
+            b.body(Body::empty()).unwrap_or_default()
         }
         BlobOp::GetBlob { container, blob } => {
             let rec = svc.get_blob_record(auth, acct, &container, &blob).await?;
@@ -996,6 +1005,9 @@ async fn execute(
             let mut b = blob_headers(base(status, rid), &rec, &meta)
                 .header(http::header::CONTENT_LENGTH, end - start);
             if status == StatusCode::PARTIAL_CONTENT {
+                if let Some(m) = &rec.content_md5 {
+                    b = b.header("x-ms-blob-content-md5", m);
+                }
                 b = b.header(
                     http::header::CONTENT_RANGE,
                     format!("bytes {start}-{}/{}", end - 1, rec.size),
@@ -1018,8 +1030,9 @@ async fn execute(
                     rid,
                 ));
             };
+            let md5 = content_md5(h)?;
             let mut src = BodySource(body);
-            svc.put_block(auth, acct, &container, &blob, &block_id, len, &mut src)
+            svc.put_block(auth, acct, &container, &blob, &block_id, len, &mut src, md5)
                 .await?;
             ok(base(StatusCode::CREATED, rid).header("x-ms-request-server-encrypted", "true"))
         }
@@ -1253,6 +1266,19 @@ fn copy_source(
     match (percent_decode(c), percent_decode(b)) {
         (Some(c), Some(b)) if !c.is_empty() && !b.is_empty() => Ok((c, b)),
         _ => Err(bad()),
+    }
+}
+
+/// The `Content-MD5` a client sent with an upload (validated while the body streams).
+fn content_md5(h: &HeaderMap) -> Result<Option<[u8; 16]>, DomainError> {
+    match hv(h, "content-md5") {
+        None => Ok(None),
+        Some(v) => coffer_crypto::b64::std_decode(v)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                DomainError::InvalidProperty("Content-MD5 must be the base64 of 16 bytes".into())
+            }),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod aead;
 pub mod b64;
+pub mod checksum;
 pub mod jwt;
 pub mod keys;
 pub mod kw;

@@ -440,6 +440,7 @@ impl BlobService {
         headers: ContentHeaders,
         meta: &[(String, String)],
         if_none_match_any: bool,
+        expected_md5: Option<[u8; 16]>,
     ) -> Result<BlobRecord> {
         self.authorize(
             auth,
@@ -469,8 +470,8 @@ impl BlobService {
                 "The specified blob already exists.".into(),
             ));
         }
-        let part = self
-            .write_object(acct, container, name, len, body, None)
+        let (part, digest) = self
+            .write_object(acct, container, name, len, body, None, expected_md5)
             .await?;
         let now = self.clock.now();
         let rec = BlobRecord {
@@ -490,7 +491,10 @@ impl BlobService {
             content_language: headers.content_language,
             content_disposition: headers.content_disposition,
             cache_control: headers.cache_control,
-            content_md5: headers.content_md5,
+            // A single-request upload records its MD5 (the client's, or ours), as Azure does.
+            content_md5: headers
+                .content_md5
+                .or_else(|| Some(coffer_crypto::b64::std_encode(&digest))),
             metadata: Self::seal_metadata(acct, container, name, meta)?,
         };
         let old = self.store.commit_blob(&rec).await?;
@@ -584,7 +588,9 @@ impl BlobService {
         })
     }
 
-    /// Encrypt `len` bytes from `body` into a new object; returns it once durable.
+    /// Encrypt `len` bytes from `body` into a new object; returns it, and the MD5 of the
+    /// plaintext, once durable. A mismatch with `expected_md5` discards the object.
+    #[allow(clippy::too_many_arguments)]
     async fn write_object(
         &self,
         acct: &BlobAccount,
@@ -593,7 +599,9 @@ impl BlobService {
         len: u64,
         body: &mut dyn ByteSource,
         block_id: Option<String>,
-    ) -> Result<Part> {
+        expected_md5: Option<[u8; 16]>,
+    ) -> Result<(Part, [u8; 16])> {
+        let mut md5 = coffer_crypto::checksum::Md5::new();
         let bytes = self.bytes_for(&acct.region)?;
         let object_id = new_object_id()?;
         let identity = ObjectIdentity {
@@ -620,6 +628,7 @@ impl BlobService {
                     "the body is longer than Content-Length".into(),
                 ));
             }
+            md5.update(&chunk);
             enc.update(&chunk, &mut out)?;
             if !out.is_empty() {
                 writer.write(&out).await?;
@@ -631,14 +640,22 @@ impl BlobService {
                 "the body is shorter than Content-Length".into(),
             ));
         }
+        let digest = md5.finish();
+        if expected_md5.is_some_and(|e| e != digest) {
+            // Dropping the writer discards the object: nothing becomes visible.
+            return Err(DomainError::Md5Mismatch);
+        }
         enc.finish(&mut out)?;
         writer.write(&out).await?;
         writer.commit().await?;
-        Ok(Part {
-            object_id,
-            size: len,
-            block_id,
-        })
+        Ok((
+            Part {
+                object_id,
+                size: len,
+                block_id,
+            },
+            digest,
+        ))
     }
 
     /// Delete the objects of `old` parts that `keep` no longer references.
@@ -666,6 +683,7 @@ impl BlobService {
         block_id: &str,
         len: u64,
         body: &mut dyn ByteSource,
+        expected_md5: Option<[u8; 16]>,
     ) -> Result<()> {
         self.authorize(
             auth,
@@ -690,8 +708,16 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
-        let part = self
-            .write_object(acct, container, name, len, body, Some(block_id.to_string()))
+        let (part, _) = self
+            .write_object(
+                acct,
+                container,
+                name,
+                len,
+                body,
+                Some(block_id.to_string()),
+                expected_md5,
+            )
             .await?;
         let staged = StagedBlock {
             account: acct.name.clone(),
@@ -940,8 +966,8 @@ impl BlobService {
             }
         }
         let mut source = ReaderSource(self.read(acct, &src, 0, src.size).await?);
-        let part = self
-            .write_object(acct, container, name, src.size, &mut source, None)
+        let (part, _) = self
+            .write_object(acct, container, name, src.size, &mut source, None, None)
             .await?;
         let now = self.clock.now();
         let rec = BlobRecord {

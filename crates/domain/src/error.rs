@@ -56,6 +56,10 @@ pub enum DomainError {
     ContainerAlreadyExists,
     #[error("The specified blob does not exist.")]
     BlobNotFound,
+    #[error(
+        "The MD5 value specified in the request did not match the MD5 value calculated by the server."
+    )]
+    Md5Mismatch,
     #[error("The XML document is not valid: {0}")]
     InvalidXml(String),
     #[error("The specified block list is invalid: {0}")]
