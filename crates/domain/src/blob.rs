@@ -497,14 +497,7 @@ impl BlobService {
                 .or_else(|| Some(coffer_crypto::b64::std_encode(&digest))),
             metadata: Self::seal_metadata(acct, container, name, meta)?,
         };
-        let old = self.store.commit_blob(&rec).await?;
-        self.forget_parts(
-            &rec.region,
-            old.map(|o| o.parts).unwrap_or_default(),
-            &rec.parts,
-        )
-        .await;
-        Ok(rec)
+        self.commit_replacing(rec).await
     }
 
     /// The committed record of a blob, for evaluating a write's conditions; the caller must
@@ -656,6 +649,18 @@ impl BlobService {
             },
             digest,
         ))
+    }
+
+    /// Commit a new version of a blob and delete the objects of the version it replaced.
+    async fn commit_replacing(&self, rec: BlobRecord) -> Result<BlobRecord> {
+        let old = self.store.commit_blob(&rec).await?;
+        self.forget_parts(
+            &rec.region,
+            old.map(|o| o.parts).unwrap_or_default(),
+            &rec.parts,
+        )
+        .await;
+        Ok(rec)
     }
 
     /// Delete the objects of `old` parts that `keep` no longer references.
@@ -988,14 +993,7 @@ impl BlobService {
             content_md5: src.content_md5.clone(),
             metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
         };
-        let old = self.store.commit_blob(&rec).await?;
-        self.forget_parts(
-            &rec.region,
-            old.map(|o| o.parts).unwrap_or_default(),
-            &rec.parts,
-        )
-        .await;
-        Ok(rec)
+        self.commit_replacing(rec).await
     }
 
     /// Get Block List: (committed, uncommitted) blocks as (id, size).

@@ -78,6 +78,17 @@ fn identity_kinds(t: &str) -> Result<(bool, bool)> {
 }
 
 impl MgmtService {
+    /// The account at `id`, or ResourceNotFound.
+    async fn require_account(&self, id: &str, name: &str) -> Result<Resource> {
+        self.store
+            .get_resource(id)
+            .await?
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: name.into(),
+            })
+    }
+
     fn blob_endpoint(&self, name: &str) -> String {
         format!("https://{name}.{}/", self.config.blob_dns_suffix)
     }
@@ -478,14 +489,7 @@ impl MgmtService {
         self.authorize(caller, "Microsoft.Storage/storageAccounts/write", &id)
             .await?;
         let req = Body::obj(body)?;
-        let existing =
-            self.store
-                .get_resource(&id)
-                .await?
-                .ok_or_else(|| DomainError::ResourceNotFound {
-                    resource_type: STORAGE_TYPE.into(),
-                    name: name.into(),
-                })?;
+        let existing = self.require_account(&id, name).await?;
         self.patch_account_body(caller, existing, &req, name).await
     }
 
@@ -499,14 +503,7 @@ impl MgmtService {
         let id = resource_id(sub, rg, STORAGE_TYPE, name);
         self.authorize(caller, "Microsoft.Storage/storageAccounts/read", &id)
             .await?;
-        let r =
-            self.store
-                .get_resource(&id)
-                .await?
-                .ok_or_else(|| DomainError::ResourceNotFound {
-                    resource_type: STORAGE_TYPE.into(),
-                    name: name.into(),
-                })?;
+        let r = self.require_account(&id, name).await?;
         Ok(self.render_account(r.body))
     }
 
@@ -599,14 +596,7 @@ impl MgmtService {
             &id,
         )
         .await?;
-        let r =
-            self.store
-                .get_resource(&id)
-                .await?
-                .ok_or_else(|| DomainError::ResourceNotFound {
-                    resource_type: STORAGE_TYPE.into(),
-                    name: name.into(),
-                })?;
+        let r = self.require_account(&id, name).await?;
         self.keys_view(name, &r.body)
     }
 
@@ -634,14 +624,7 @@ impl MgmtService {
         if which != "key1" && which != "key2" {
             return Err(bad("keyName must be key1 or key2"));
         }
-        let mut r =
-            self.store
-                .get_resource(&id)
-                .await?
-                .ok_or_else(|| DomainError::ResourceNotFound {
-                    resource_type: STORAGE_TYPE.into(),
-                    name: name.into(),
-                })?;
+        let mut r = self.require_account(&id, name).await?;
         let now = rfc3339(self.clock.now());
         let raw = SecretBytes::new(random::bytes(64)?);
         let sealed = b64::std_encode(&self.root.seal(&key_aad(name, &which), raw.expose())?);
