@@ -372,3 +372,24 @@ def test_content_md5_is_validated(coffer, account):
     assert resp.status_code == 400
     assert resp.headers["x-ms-error-code"] == "Md5Mismatch"
     assert "bad" not in [b.name for b in cc.list_blobs()]
+
+
+def test_uncommitted_blocks_expire_after_seven_days(coffer_clock):
+    env = coffer_clock
+    rg = env.create_rg()
+    name = _account_name()
+    st = _storage(env)
+    st.storage_accounts.begin_create(rg, name, sm.StorageAccountCreateParameters(
+        sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+    acct = {"name": name, "key": st.storage_accounts.list_keys(rg, name)["keys"][0].value}
+    bc = _client(env, acct).create_container("staging").get_blob_client("b")
+    bc.stage_block(base64.b64encode(b"old").decode(), b"abandoned")
+    bc.upload_blob(b"committed")
+    bc.stage_block(base64.b64encode(b"young").decode(), b"pending")
+    assert len(bc.get_block_list("uncommitted")[1]) == 1  # committing dropped "old"
+    env.advance_clock(6 * 86_400)
+    assert len(bc.get_block_list("uncommitted")[1]) == 1
+    env.advance_clock(2 * 86_400)
+    committed, uncommitted = bc.get_block_list("all")
+    assert uncommitted == []
+    assert bc.download_blob().readall() == b"committed"

@@ -163,6 +163,15 @@ pub async fn run_due_work(state: &AppState) {
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "scheduled vault purge failed"),
     }
+    match state.blob.collect_garbage().await {
+        Ok((e, c)) if e + c > 0 => tracing::info!(
+            expired_blocks = e,
+            collected_objects = c,
+            "blob garbage collection"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "blob garbage collection failed"),
+    }
     match state.keyvault.run_due().await {
         Ok((p, r)) if p + r > 0 => tracing::info!(purged = p, rotated = r, "key maintenance"),
         Ok(_) => {}

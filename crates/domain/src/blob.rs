@@ -233,6 +233,11 @@ pub enum BlockListKind {
     Latest,
 }
 
+/// Uncommitted blocks expire after 7 days, as in Azure.
+pub const STAGED_BLOCK_TTL: i64 = 7 * 86_400;
+/// Unreferenced objects younger than this are left alone (uploads in flight).
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The largest number of blocks a blob may have (Azure's limit).
 pub const MAX_BLOCKS: usize = 50_000;
 
@@ -994,6 +999,43 @@ impl BlobService {
             metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
         };
         self.commit_replacing(rec).await
+    }
+
+    /// Garbage collection: expire uncommitted blocks older than [`STAGED_BLOCK_TTL`] (test
+    /// clock), then delete objects no record references that are older than
+    /// [`ORPHAN_GRACE`] (wall clock: an upload's object exists a moment before its record).
+    /// Returns (expired blocks, collected objects).
+    pub async fn collect_garbage(&self) -> Result<(usize, usize)> {
+        let now = self.clock.now();
+        let mut expired = 0;
+        for b in self
+            .store
+            .staged_blocks_before(now - STAGED_BLOCK_TTL)
+            .await?
+        {
+            self.store.delete_staged_block(&b).await?;
+            self.forget_parts(&b.region, vec![b.part], &[]).await;
+            expired += 1;
+        }
+        // Candidates first, references second: an object committed in between is referenced.
+        let mut candidates = Vec::new();
+        for (region, bytes) in &self.regions {
+            for id in bytes.list_older_than(ORPHAN_GRACE).await? {
+                candidates.push((region.clone(), id));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok((expired, 0));
+        }
+        let live = self.store.referenced_objects().await?;
+        let mut collected = 0;
+        for (region, id) in candidates {
+            if !live.contains(&id) {
+                self.bytes_for(&region)?.delete(&id).await?;
+                collected += 1;
+            }
+        }
+        Ok((expired, collected))
     }
 
     /// Get Block List: (committed, uncommitted) blocks as (id, size).

@@ -23,6 +23,9 @@ pub trait ByteStore: Send + Sync {
     /// Read `len` bytes at `offset` (fails if the object is shorter).
     async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
     async fn delete(&self, object_id: &str) -> Result<()>;
+    /// Objects (and abandoned partial writes) last modified more than `age` ago: candidates
+    /// for garbage collection.
+    async fn list_older_than(&self, age: std::time::Duration) -> Result<Vec<String>>;
 }
 
 /// Object ids: 32 lower-case hex characters.

@@ -328,4 +328,13 @@ impl MetaStore for CachedStore {
     async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
         self.inner.update_blob(b).await
     }
+    async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>> {
+        self.inner.staged_blocks_before(before).await
+    }
+    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()> {
+        self.inner.delete_staged_block(b).await
+    }
+    async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {
+        self.inner.referenced_objects().await
+    }
 }

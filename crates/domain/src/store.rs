@@ -122,4 +122,9 @@ pub trait MetaStore: Send + Sync {
     async fn delete_account_data(&self, account: &str) -> Result<()>;
     /// Replace a committed blob's record (metadata/properties updates; staged blocks stay).
     async fn update_blob(&self, b: &BlobRecord) -> Result<()>;
+    /// Staged blocks created before `before` (Unix seconds), for expiry.
+    async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>>;
+    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()>;
+    /// Every object id referenced by a committed blob or a staged block.
+    async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>>;
 }

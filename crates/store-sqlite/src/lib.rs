@@ -888,6 +888,47 @@ impl MetaStore for SqliteStore {
             .map_err(db_err)?;
         Ok(())
     }
+
+    async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>> {
+        self.fetch_all_data(
+            sqlx::query("SELECT data FROM staged_blocks WHERE created < ? ORDER BY created")
+                .bind(before),
+        )
+        .await
+    }
+
+    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()> {
+        sqlx::query("DELETE FROM staged_blocks WHERE account = ? AND container = ? AND blob = ? AND block_id = ?")
+            .bind(&b.account)
+            .bind(&b.container)
+            .bind(&b.blob)
+            .bind(b.part.block_id.clone().unwrap_or_default())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for r in sqlx::query("SELECT data FROM blobs")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+        {
+            let b: BlobRecord = from_json(r.get::<&str, _>("data"))?;
+            out.extend(b.parts.into_iter().map(|p| p.object_id));
+        }
+        for r in sqlx::query("SELECT data FROM staged_blocks")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+        {
+            let b: StagedBlock = from_json(r.get::<&str, _>("data"))?;
+            out.insert(b.part.object_id);
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
