@@ -116,3 +116,20 @@ def test_shared_key_without_a_fresh_date_is_refused(coffer, rg):
     assert signed(email.utils.formatdate(usegmt=True)).status_code == 200
     assert signed(None).status_code == 403
     assert signed(email.utils.formatdate(time.time() - 3600, usegmt=True)).status_code == 403
+
+
+def test_storage_account_name_conflicts_use_azure_codes(coffer, rg):
+    """A taken name is 409 StorageAccountAlreadyTaken; checkNameAvailability needs the type."""
+    name = "acc" + uuid.uuid4().hex[:12]
+    st = _storage(coffer)
+    params = sm.StorageAccountCreateParameters(sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")
+    st.storage_accounts.begin_create(rg, name, params).result()
+    with pytest.raises(HttpResponseError) as info:
+        st.storage_accounts.begin_create(coffer.create_rg(), name, params).result()
+    assert info.value.status_code == 409
+    assert info.value.error.code == "StorageAccountAlreadyTaken"
+    path = f"/subscriptions/{coffer.subscription_id}/providers/Microsoft.Storage/checkNameAvailability?api-version=2025-08-01"
+    assert coffer.arm("POST", path, json={"name": name}).status_code == 400
+    assert coffer.arm("POST", path, json={"name": name, "type": "Microsoft.Foo/bars"}).status_code == 400
+    r = coffer.arm("POST", path, json={"name": name, "type": "Microsoft.Storage/storageAccounts"})
+    assert r.status_code == 200 and r.json()["nameAvailable"] is False

@@ -630,6 +630,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::RoleAssignmentExists => (StatusCode::CONFLICT, "RoleAssignmentExists"),
         DomainError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
         DomainError::VaultNameInUse(_) => (StatusCode::CONFLICT, "VaultAlreadyExists"),
+        DomainError::StorageAccountNameTaken(_) => {
+            (StatusCode::CONFLICT, "StorageAccountAlreadyTaken")
+        }
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationFailed"),
         DomainError::VaultNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::ContainerNotFound | DomainError::BlobNotFound => {

@@ -115,7 +115,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         | DomainError::RoleDefinitionNotFound(_)
         | DomainError::PrincipalNotFound(_)
         | DomainError::RoleAssignmentExists
-        | DomainError::VaultNameInUse(_) => (StatusCode::BAD_REQUEST, "InvalidInput"),
+        | DomainError::VaultNameInUse(_)
+        | DomainError::StorageAccountNameTaken(_) => (StatusCode::BAD_REQUEST, "InvalidInput"),
         DomainError::Internal(detail) => {
             tracing::error!(request_id = rid, detail = %detail, "internal error");
             return error_with(

@@ -341,7 +341,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         ),
         DomainError::Conflict(_)
         | DomainError::RoleAssignmentExists
-        | DomainError::VaultNameInUse(_) => {
+        | DomainError::VaultNameInUse(_)
+        | DomainError::StorageAccountNameTaken(_) => {
             kv_error(StatusCode::CONFLICT, "Conflict", &msg, None, rid)
         }
         DomainError::LocationNotAvailable { .. }

@@ -32,6 +32,8 @@ pub enum DomainError {
     RoleAssignmentExists,
     #[error("{0}")]
     Conflict(String),
+    #[error("The storage account named {0} is already taken.")]
+    StorageAccountNameTaken(String),
     #[error("the vault name '{0}' is already in use")]
     VaultNameInUse(String),
     #[error(

@@ -67,6 +67,19 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     })
     .await?;
     let tls = tls::prepare(booted.store.as_ref(), &booted.root, &cfg).await?;
+    if cfg.seal_key_file.starts_with(&cfg.data_dir) {
+        tracing::warn!(
+            key_file = %cfg.seal_key_file.display(),
+            "the seal key file is inside the data directory: a copy of the directory is enough to \
+             decrypt it. Keep the key file elsewhere in production (--seal-key-file)"
+        );
+    }
+    if cfg.data_dir.join("admin-credentials.json").exists() {
+        tracing::warn!(
+            "DATA_DIR/admin-credentials.json still holds the administrator's secret in clear; \
+             move it out of the data directory once you have signed in"
+        );
+    }
     if cfg.test_clock {
         tracing::warn!("the test clock is enabled: administrators can move time forward");
     }

@@ -110,6 +110,10 @@ impl MgmtService {
         let name = req
             .str("name")?
             .ok_or_else(|| bad("the property 'name' is required"))?;
+        match req.str("type")? {
+            Some(t) if t.eq_ignore_ascii_case(STORAGE_TYPE) => {}
+            _ => return Err(bad(format!("the property 'type' must be '{STORAGE_TYPE}'"))),
+        }
         if let Err(e) = validate_account_name(name) {
             return Ok(
                 json!({"nameAvailable": false, "reason": "AccountNameInvalid", "message": e.to_string()}),
@@ -361,9 +365,7 @@ impl MgmtService {
             .await?
             .is_empty()
         {
-            return Err(DomainError::Conflict(format!(
-                "The storage account named {name} is already taken."
-            )));
+            return Err(DomainError::StorageAccountNameTaken(name.to_string()));
         }
         let location = req
             .str("location")?
