@@ -559,12 +559,7 @@ impl LoadedKey {
             LoadedKey::Oct(k) => {
                 let bits =
                     aes_bits(alg).ok_or_else(|| KeyError::UnsupportedAlgorithm(alg.into()))?;
-                if bits != k.len() * 8 {
-                    return Err(invalid(format!(
-                        "{alg} needs a {bits}-bit key; this key has {} bits",
-                        k.len() * 8
-                    )));
-                }
+                check_aes_size(alg, bits, k.len())?;
                 let mode = &alg[4..];
                 match mode {
                     "GCM" => {
@@ -682,12 +677,7 @@ impl LoadedKey {
             LoadedKey::Oct(k) => {
                 let bits =
                     aes_bits(alg).ok_or_else(|| KeyError::UnsupportedAlgorithm(alg.into()))?;
-                if bits != k.len() * 8 {
-                    return Err(invalid(format!(
-                        "{alg} needs a {bits}-bit key; this key has {} bits",
-                        k.len() * 8
-                    )));
-                }
+                check_aes_size(alg, bits, k.len())?;
                 match &alg[4..] {
                     "GCM" => {
                         let nonce: [u8; 12] = iv
@@ -762,12 +752,7 @@ impl LoadedKey {
             LoadedKey::Oct(k) => {
                 let bits =
                     kw_bits(alg).ok_or_else(|| KeyError::UnsupportedAlgorithm(alg.into()))?;
-                if bits != k.len() * 8 {
-                    return Err(invalid(format!(
-                        "{alg} needs a {bits}-bit key; this key has {} bits",
-                        k.len() * 8
-                    )));
-                }
+                check_aes_size(alg, bits, k.len())?;
                 crate::kw::wrap(k.expose(), key)
             }
             _ => Ok(self.encrypt(alg, key, None, None)?.value),
@@ -779,12 +764,7 @@ impl LoadedKey {
             LoadedKey::Oct(k) => {
                 let bits =
                     kw_bits(alg).ok_or_else(|| KeyError::UnsupportedAlgorithm(alg.into()))?;
-                if bits != k.len() * 8 {
-                    return Err(invalid(format!(
-                        "{alg} needs a {bits}-bit key; this key has {} bits",
-                        k.len() * 8
-                    )));
-                }
+                check_aes_size(alg, bits, k.len())?;
                 crate::kw::unwrap(k.expose(), wrapped)
             }
             _ => self.decrypt(alg, wrapped, None, None, None),
@@ -867,6 +847,18 @@ impl LoadedKey {
             }
             LoadedKey::Oct(_) => Err(KeyError::UnsupportedAlgorithm(alg.into())),
         }
+    }
+}
+
+/// An `A{bits}…` algorithm needs a key of exactly that size.
+fn check_aes_size(alg: &str, bits: usize, key_len: usize) -> Result<(), KeyError> {
+    if bits == key_len * 8 {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{alg} needs a {bits}-bit key; this key has {} bits",
+            key_len * 8
+        )))
     }
 }
 

@@ -839,7 +839,37 @@ impl BlobService {
         Ok(rec)
     }
 
-    /// Set Blob Metadata: replaces the user metadata (new ETag).
+    /// Change a committed blob's record (not its bytes) under the write permission; gives it a
+    /// new ETag and modification time.
+    async fn update_record(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        change: impl FnOnce(&mut BlobRecord) -> Result<()>,
+    ) -> Result<BlobRecord> {
+        self.authorize(
+            auth,
+            acct,
+            actions::BLOB_WRITE,
+            ActionKind::Data,
+            Some(container),
+        )
+        .await?;
+        let mut rec = self
+            .store
+            .get_blob(&acct.name, container, name)
+            .await?
+            .ok_or(DomainError::BlobNotFound)?;
+        change(&mut rec)?;
+        rec.etag = self.etag()?;
+        rec.last_modified = self.clock.now();
+        self.store.update_blob(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Set Blob Metadata: replaces the user metadata.
     pub async fn set_blob_metadata(
         &self,
         auth: &BlobAuth,
@@ -848,27 +878,15 @@ impl BlobService {
         name: &str,
         meta: &[(String, String)],
     ) -> Result<BlobRecord> {
-        self.authorize(
-            auth,
-            acct,
-            actions::BLOB_WRITE,
-            ActionKind::Data,
-            Some(container),
-        )
-        .await?;
-        let mut rec = self
-            .store
-            .get_blob(&acct.name, container, name)
-            .await?
-            .ok_or(DomainError::BlobNotFound)?;
-        rec.metadata = Self::seal_metadata(acct, container, name, meta)?;
-        rec.etag = self.etag()?;
-        rec.last_modified = self.clock.now();
-        self.store.update_blob(&rec).await?;
-        Ok(rec)
+        let sealed = Self::seal_metadata(acct, container, name, meta)?;
+        self.update_record(auth, acct, container, name, |rec| {
+            rec.metadata = sealed;
+            Ok(())
+        })
+        .await
     }
 
-    /// Set Blob Properties: replaces the content headers (new ETag).
+    /// Set Blob Properties: replaces the content headers.
     pub async fn set_blob_properties(
         &self,
         auth: &BlobAuth,
@@ -877,29 +895,16 @@ impl BlobService {
         name: &str,
         headers: ContentHeaders,
     ) -> Result<BlobRecord> {
-        self.authorize(
-            auth,
-            acct,
-            actions::BLOB_WRITE,
-            ActionKind::Data,
-            Some(container),
-        )
-        .await?;
-        let mut rec = self
-            .store
-            .get_blob(&acct.name, container, name)
-            .await?
-            .ok_or(DomainError::BlobNotFound)?;
-        rec.content_type = headers.content_type;
-        rec.content_encoding = headers.content_encoding;
-        rec.content_language = headers.content_language;
-        rec.content_disposition = headers.content_disposition;
-        rec.cache_control = headers.cache_control;
-        rec.content_md5 = headers.content_md5;
-        rec.etag = self.etag()?;
-        rec.last_modified = self.clock.now();
-        self.store.update_blob(&rec).await?;
-        Ok(rec)
+        self.update_record(auth, acct, container, name, |rec| {
+            rec.content_type = headers.content_type;
+            rec.content_encoding = headers.content_encoding;
+            rec.content_language = headers.content_language;
+            rec.content_disposition = headers.content_disposition;
+            rec.cache_control = headers.cache_control;
+            rec.content_md5 = headers.content_md5;
+            Ok(())
+        })
+        .await
     }
 
     /// Set Container Metadata.
