@@ -16,6 +16,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
 
+step "Python virtualenv for the az CLI conformance test (pinned: conformance/requirements-azcli.txt)"
+if [ ! -x .venv-azcli/bin/python ]; then
+  python3 -m venv .venv-azcli
+fi
+.venv-azcli/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements-azcli.txt
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -29,4 +35,4 @@ step "cargo test (unit + integration, against real servers on port 0)"
 cargo test --release --locked --workspace
 
 step "SDK conformance suite (official Azure SDKs for Python)"
-COFFER_BIN="$PWD/target/release/coffer" .venv/bin/python -m pytest conformance -q -p no:cacheprovider
+COFFER_BIN="$PWD/target/release/coffer" COFFER_AZ="$PWD/.venv-azcli/bin/az" .venv/bin/python -m pytest conformance -q -p no:cacheprovider

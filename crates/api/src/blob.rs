@@ -111,6 +111,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
             (StatusCode::NOT_FOUND, "ResourceNotFound")
         }
         DomainError::OperationNotAllowed(_) => (StatusCode::FORBIDDEN, "AuthorizationFailure"),
+        DomainError::CmkUnavailable { code, .. } => (StatusCode::FORBIDDEN, *code),
+        DomainError::CmkInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidInput"),
         DomainError::LocationNotAvailable { .. }
         | DomainError::RoleDefinitionNotFound(_)
         | DomainError::PrincipalNotFound(_)

@@ -172,6 +172,9 @@ pub async fn run_due_work(state: &AppState) {
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "blob garbage collection failed"),
     }
+    if let Err(e) = state.mgmt.cmk_poll_due().await {
+        tracing::error!(error = %e, "customer-managed key poll failed");
+    }
     match state.keyvault.run_due().await {
         Ok((p, r)) if p + r > 0 => tracing::info!(purged = p, rotated = r, "key maintenance"),
         Ok(_) => {}

@@ -83,6 +83,10 @@ pub enum KvOp {
         name: String,
     },
     Rng,
+    /// Coffer extension: the storage accounts whose key is wrapped by this key.
+    Dependents {
+        name: String,
+    },
 }
 
 fn opt(v: &str) -> Option<String> {
@@ -132,6 +136,7 @@ impl KvOp {
                     ("versions", true, ..) => KvOp::ListVersions { name },
                     ("backup", _, true, _, _) => KvOp::Backup { name },
                     ("rotate", _, true, _, _) => KvOp::Rotate { name },
+                    ("dependents", true, ..) => KvOp::Dependents { name },
                     ("rotationpolicy", true, ..) => KvOp::GetPolicy { name },
                     ("rotationpolicy", _, _, true, _) => KvOp::SetPolicy { name },
                     (_, true, ..) => KvOp::Get {
@@ -203,6 +208,7 @@ impl KvOp {
             KvOp::Purge { .. } => "KeyPurge",
             KvOp::Recover { .. } => "KeyRecover",
             KvOp::Rng => "VaultGetRandomBytes",
+            KvOp::Dependents { .. } => "KeyListDependents",
         }
     }
 
@@ -217,6 +223,7 @@ impl KvOp {
             | KvOp::ListVersions { .. }
             | KvOp::ListDeleted
             | KvOp::GetDeleted { .. }
+            | KvOp::Dependents { .. }
             | KvOp::Rng => a::READ,
             KvOp::Update { .. } => a::UPDATE,
             KvOp::Delete { .. } => a::DELETE,
@@ -253,6 +260,7 @@ impl KvOp {
             | KvOp::Crypto { name, .. }
             | KvOp::GetDeleted { name }
             | KvOp::Purge { name }
+            | KvOp::Dependents { name }
             | KvOp::Recover { name } => Some(name),
             KvOp::List | KvOp::Restore | KvOp::ListDeleted | KvOp::Rng => None,
         }
@@ -318,7 +326,10 @@ fn kv_error(
 fn domain_error(e: &DomainError, rid: &str) -> Response {
     let msg = e.to_string();
     match e {
-        DomainError::InvalidName { .. } | DomainError::InvalidProperty(_) => {
+        DomainError::InvalidName { .. }
+        | DomainError::InvalidProperty(_)
+        | DomainError::CmkInvalid { .. }
+        | DomainError::CmkUnavailable { .. } => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
         DomainError::KeyNotFound(_) => {
@@ -981,6 +992,11 @@ async fn execute(
                 let v = kv.restore(caller, vault, &blob).await?;
                 key_id = r.kid(&v, true);
                 ok(r.bundle(&v))
+            }
+            KvOp::Dependents { name } => {
+                kv.authorize(caller, vault, op.action(), Some(name)).await?;
+                let deps = state.mgmt.key_dependents(&r.base, Some(name)).await?;
+                ok(json!({"value": deps, "nextLink": null}))
             }
             KvOp::Rotate { name } => {
                 let v = kv.rotate(caller, vault, name).await?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::Result;
+use crate::cmk::Changes;
 use crate::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
     RoleAssignment, StagedBlock, Subscription,
@@ -35,8 +36,14 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
             .filter(|(t, _)| t.elapsed() < TTL)
             .map(|(_, v)| v.clone())
     }
-    fn put(&self, k: K, v: V) {
+    /// Insert a value read from the backend when the change generation was `seen`, unless a
+    /// write has happened since (its invalidation may already have run, and the value may be
+    /// stale). Checked under the map's lock, which every invalidation also takes.
+    fn put(&self, k: K, v: V, seen: u64, changes: &Changes) {
         if let Ok(mut g) = self.0.write() {
+            if changes.current() != seen {
+                return;
+            }
             if g.len() >= MAX_ENTRIES {
                 g.clear();
             }
@@ -57,6 +64,8 @@ pub struct CachedStore {
     by_name: Map<(String, String), Vec<Resource>>,
     key_records: Map<(String, String), Option<KeyRecord>>,
     key_versions: Map<(String, String, String), Option<KeyVersion>>,
+    /// Bumped after every write that may change what a customer-managed key permits.
+    changes: Arc<Changes>,
 }
 
 fn lc(s: &str) -> String {
@@ -72,18 +81,36 @@ impl CachedStore {
             by_name: Map::new(),
             key_records: Map::new(),
             key_versions: Map::new(),
+            changes: Arc::new(Changes::default()),
         }
     }
 
+    /// The change feed this store publishes (see [`crate::cmk::Changes`]).
+    pub fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
+    }
+
+    /// After a committed write: bump the generation (fills in flight are dropped), clear, and
+    /// bump again (whoever read the generation before the clear revalidates after it).
+    fn invalidate(&self, clear: impl FnOnce()) {
+        self.changes.bump();
+        clear();
+        self.changes.bump();
+    }
+
     fn resources_changed(&self) {
-        self.by_name.clear();
-        // Deleting a resource also deletes role assignments under it.
-        self.assignments.clear();
+        self.invalidate(|| {
+            self.by_name.clear();
+            // Deleting a resource also deletes role assignments under it.
+            self.assignments.clear();
+        });
     }
 
     fn keys_changed(&self) {
-        self.key_records.clear();
-        self.key_versions.clear();
+        self.invalidate(|| {
+            self.key_records.clear();
+            self.key_versions.clear();
+        });
     }
 }
 
@@ -98,7 +125,7 @@ impl MetaStore for CachedStore {
 
     async fn insert_principal(&self, p: &Principal) -> Result<()> {
         let r = self.inner.insert_principal(p).await;
-        self.principals.clear();
+        self.invalidate(|| self.principals.clear());
         r
     }
     async fn get_principal(&self, object_id: &str) -> Result<Option<Principal>> {
@@ -106,8 +133,9 @@ impl MetaStore for CachedStore {
         if let Some(v) = self.principals.get(&k) {
             return Ok(v);
         }
+        let seen = self.changes.current();
         let v = self.inner.get_principal(object_id).await?;
-        self.principals.put(k, v.clone());
+        self.principals.put(k, v.clone(), seen, &self.changes);
         Ok(v)
     }
     async fn find_principal_by_client_id(&self, client_id: &str) -> Result<Option<Principal>> {
@@ -118,7 +146,7 @@ impl MetaStore for CachedStore {
     }
     async fn delete_principal(&self, object_id: &str) -> Result<()> {
         let r = self.inner.delete_principal(object_id).await;
-        self.principals.clear();
+        self.invalidate(|| self.principals.clear());
         r
     }
 
@@ -172,11 +200,12 @@ impl MetaStore for CachedStore {
         if let Some(v) = self.by_name.get(&k) {
             return Ok(v);
         }
+        let seen = self.changes.current();
         let v = self
             .inner
             .find_resources_by_name(resource_type, name)
             .await?;
-        self.by_name.put(k, v.clone());
+        self.by_name.put(k, v.clone(), seen, &self.changes);
         Ok(v)
     }
     async fn delete_resource(&self, id: &str) -> Result<bool> {
@@ -187,7 +216,7 @@ impl MetaStore for CachedStore {
 
     async fn put_role_assignment(&self, a: &RoleAssignment) -> Result<()> {
         let r = self.inner.put_role_assignment(a).await;
-        self.assignments.clear();
+        self.invalidate(|| self.assignments.clear());
         r
     }
     async fn get_role_assignment(&self, scope: &str, name: &str) -> Result<Option<RoleAssignment>> {
@@ -204,16 +233,17 @@ impl MetaStore for CachedStore {
         if let Some(v) = self.assignments.get(&k) {
             return Ok(v);
         }
+        let seen = self.changes.current();
         let v = self
             .inner
             .list_role_assignments_for_principal(principal_id)
             .await?;
-        self.assignments.put(k, v.clone());
+        self.assignments.put(k, v.clone(), seen, &self.changes);
         Ok(v)
     }
     async fn delete_role_assignment(&self, scope: &str, name: &str) -> Result<bool> {
         let r = self.inner.delete_role_assignment(scope, name).await;
-        self.assignments.clear();
+        self.invalidate(|| self.assignments.clear());
         r
     }
 
@@ -227,8 +257,9 @@ impl MetaStore for CachedStore {
         if let Some(v) = self.key_records.get(&k) {
             return Ok(v);
         }
+        let seen = self.changes.current();
         let v = self.inner.get_key_record(vault, name).await?;
-        self.key_records.put(k, v.clone());
+        self.key_records.put(k, v.clone(), seen, &self.changes);
         Ok(v)
     }
     async fn list_key_records(&self, vault: Option<&str>) -> Result<Vec<KeyRecord>> {
@@ -244,8 +275,9 @@ impl MetaStore for CachedStore {
         if let Some(v) = self.key_versions.get(&k) {
             return Ok(v);
         }
+        let seen = self.changes.current();
         let v = self.inner.get_key_version(vault, name, version).await?;
-        self.key_versions.put(k, v.clone());
+        self.key_versions.put(k, v.clone(), seen, &self.changes);
         Ok(v)
     }
     async fn list_key_versions(&self, vault: &str, name: &str) -> Result<Vec<KeyVersion>> {

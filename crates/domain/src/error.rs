@@ -68,6 +68,13 @@ pub enum DomainError {
     InvalidBlockList(String),
     #[error("The range specified is invalid for the current size of the resource.")]
     InvalidRange,
+    /// A customer-managed key configuration that cannot be used (ARM: 400 with `code`).
+    #[error("{message}")]
+    CmkInvalid { code: &'static str, message: String },
+    /// The account's customer-managed key cannot be used now: data requests fail with 403
+    /// and Azure's `code` (KeyVaultEncryptionKeyNotFound, ...).
+    #[error("{message}")]
+    CmkUnavailable { code: &'static str, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -9,6 +9,7 @@ pub mod blob;
 pub mod bytes;
 pub mod cache;
 pub mod clock;
+pub mod cmk;
 pub mod error;
 pub mod identity;
 pub mod keyvault;

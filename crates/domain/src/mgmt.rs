@@ -28,7 +28,9 @@ pub struct MgmtConfig {
     pub blob_dns_suffix: String,
 }
 
+mod cmk;
 mod storage;
+pub use cmk::{CmkConfig, CmkHealth};
 pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
 
 pub struct MgmtService {
@@ -43,6 +45,7 @@ pub struct MgmtService {
     identity: Arc<IdentityService>,
     clock: Arc<Clock>,
     config: MgmtConfig,
+    cmk: cmk::CmkState,
 }
 
 /// Outcome of a PUT: the resource body and whether it was created (201) or updated (200).
@@ -156,6 +159,7 @@ fn public(mut body: Value) -> Value {
 }
 
 impl MgmtService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn MetaStore>,
         rbac: Arc<Rbac>,
@@ -163,6 +167,9 @@ impl MgmtService {
         clock: Arc<Clock>,
         config: MgmtConfig,
         root: Arc<SealingKey>,
+        vaults: Arc<dyn crate::cmk::VaultClient>,
+        changes: Arc<crate::cmk::Changes>,
+        cmk_config: CmkConfig,
     ) -> Self {
         Self {
             writes: tokio::sync::Mutex::new(()),
@@ -172,6 +179,7 @@ impl MgmtService {
             identity,
             clock,
             config,
+            cmk: cmk::CmkState::new(vaults, changes, cmk_config),
         }
     }
 

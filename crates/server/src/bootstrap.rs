@@ -13,6 +13,7 @@ use anyhow::{Context, anyhow};
 use coffer_crypto::aead::SealingKey;
 use coffer_crypto::jwt::SigningKey;
 use coffer_domain::clock::Clock;
+use coffer_domain::cmk::LocalVaultClient;
 use coffer_domain::identity::{Audiences, IdentityService};
 use coffer_domain::keyvault::KeyVaultService;
 use coffer_domain::mgmt::{MgmtConfig, MgmtService};
@@ -50,6 +51,9 @@ pub struct BootParams<'a> {
     pub blob_dns_suffix: &'a str,
     pub regions: Vec<String>,
     pub test_clock: bool,
+    pub cmk: coffer_domain::mgmt::CmkConfig,
+    /// Vaults on other servers (customer-managed keys held elsewhere).
+    pub remote_vaults: Option<Arc<dyn coffer_domain::cmk::VaultClient>>,
 }
 
 /// Create the data directory (mode 0700) if needed.
@@ -131,8 +135,9 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         storage: vec!["https://storage.azure.com".into()],
     };
     let issuer_base = format!("https://sts.{}", p.dns_suffix);
-    let dyn_store: Arc<dyn MetaStore> =
-        Arc::new(coffer_domain::cache::CachedStore::new(store.clone()));
+    let cached = Arc::new(coffer_domain::cache::CachedStore::new(store.clone()));
+    let changes = cached.changes();
+    let dyn_store: Arc<dyn MetaStore> = cached;
     let identity = Arc::new(IdentityService::new(
         dyn_store.clone(),
         clock.clone(),
@@ -161,6 +166,15 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
             blob_dns_suffix: p.blob_dns_suffix.to_string(),
         },
         root.clone(),
+        Arc::new(LocalVaultClient::new(
+            keyvault.clone(),
+            dyn_store.clone(),
+            store.clone(),
+            p.vault_dns_suffix.to_string(),
+            p.remote_vaults,
+        )),
+        changes,
+        p.cmk,
     ));
 
     // One byte store per region: an account's bytes stay in its region.

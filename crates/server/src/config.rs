@@ -2,6 +2,7 @@
 //! Every setting is documented in `coffer server --help`.
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -58,6 +59,17 @@ pub struct ServerArgs {
     /// Log filter (tracing EnvFilter syntax), logs go to stderr [default: info].
     #[arg(long, env = "COFFER_LOG")]
     pub log: Option<String>,
+    /// Allow a storage account's customer-managed key to live in a vault of another region.
+    /// The default policy refuses it (the same-region rule of Azure's portal).
+    #[arg(long, env = "COFFER_CMK_ALLOW_CROSS_REGION")]
+    pub cmk_allow_cross_region: bool,
+    /// Seconds an unwrapped account key is used before the vault is asked again: the bound on
+    /// revocation for a vault on another server (in-process vaults revoke at once) [default: 60].
+    #[arg(long, env = "COFFER_CMK_CACHE_TTL")]
+    pub cmk_cache_ttl: Option<u64>,
+    /// Seconds between checks for new key versions of vaults on other servers [default: 60].
+    #[arg(long, env = "COFFER_CMK_POLL_INTERVAL")]
+    pub cmk_poll_interval: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +87,11 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     test_clock: Option<bool>,
     log: Option<String>,
+    cmk_allow_cross_region: Option<bool>,
+    cmk_cache_ttl: Option<u64>,
+    cmk_poll_interval: Option<u64>,
+    /// Vaults on other servers that hold customer-managed keys of this server's accounts.
+    remote_vaults: Option<Vec<crate::remote_vault::RemoteVaultConfig>>,
 }
 
 /// The resolved configuration.
@@ -91,6 +108,17 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub test_clock: bool,
     pub log: String,
+    pub cmk: coffer_domain::mgmt::CmkConfig,
+    pub remote_vaults: Vec<crate::remote_vault::RemoteVaultConfig>,
+}
+
+/// A CMK interval in seconds: 1 to 86400, default 60.
+fn seconds(flag: &str, v: Option<u64>) -> anyhow::Result<u64> {
+    match v {
+        None => Ok(60),
+        Some(s) if (1..=86_400).contains(&s) => Ok(s),
+        Some(s) => bail!("--{flag} must be between 1 and 86400 seconds (got {s})"),
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -179,6 +207,19 @@ impl ServerConfig {
             tls,
             test_clock: args.test_clock || file.test_clock.unwrap_or(false),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            remote_vaults: file.remote_vaults.unwrap_or_default(),
+            cmk: coffer_domain::mgmt::CmkConfig {
+                allow_cross_region: args.cmk_allow_cross_region
+                    || file.cmk_allow_cross_region.unwrap_or(false),
+                cache_ttl: Duration::from_secs(seconds(
+                    "cmk-cache-ttl",
+                    args.cmk_cache_ttl.or(file.cmk_cache_ttl),
+                )?),
+                poll_interval: Duration::from_secs(seconds(
+                    "cmk-poll-interval",
+                    args.cmk_poll_interval.or(file.cmk_poll_interval),
+                )?),
+            },
         })
     }
 }

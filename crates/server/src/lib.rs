@@ -5,6 +5,7 @@ pub mod config;
 pub mod keyfile;
 pub mod listen;
 pub mod proxy;
+pub mod remote_vault;
 pub mod run;
 pub mod tls;
 

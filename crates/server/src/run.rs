@@ -64,6 +64,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         blob_dns_suffix: &endpoints.blob_dns_suffix(),
         regions: cfg.regions.clone(),
         test_clock: cfg.test_clock,
+        cmk: cfg.cmk.clone(),
+        remote_vaults: if cfg.remote_vaults.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::remote_vault::RemoteVaults::new(
+                &cfg.remote_vaults,
+            )?))
+        },
     })
     .await?;
     let tls = tls::prepare(booted.store.as_ref(), &booted.root, &cfg).await?;
@@ -94,6 +102,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         clock: booted.clock.clone(),
         endpoints: endpoints.clone(),
     });
+    // CMK accounts with an in-process vault follow key changes as they happen.
+    let _cmk_watcher = booted.mgmt.spawn_cmk_watcher();
     let (tx, rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(listen::serve_tls(
@@ -125,7 +135,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         let state = state.clone();
         let mut rx = rx.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let period = cfg.cmk.poll_interval.min(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tokio::select! {
                     _ = tick.tick() => coffer_api::run_due_work(&state).await,

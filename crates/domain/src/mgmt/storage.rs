@@ -54,7 +54,7 @@ fn key_aad(account: &str, key_name: &str) -> Vec<u8> {
     format!("storage-account-key:{account}:{key_name}").into_bytes()
 }
 
-fn aek_aad(account: &str, version: u64) -> Vec<u8> {
+pub(super) fn aek_aad(account: &str, version: u64) -> Vec<u8> {
     format!("storage-aek:{account}:{version}").into_bytes()
 }
 
@@ -307,12 +307,7 @@ impl MgmtService {
             ));
         }
         if let Some(enc) = req.object("encryption")? {
-            let source = enc.str("keySource")?.unwrap_or("Microsoft.Storage");
-            if !source.eq_ignore_ascii_case("Microsoft.Storage") {
-                return Err(bad(
-                    "customer-managed keys (keySource Microsoft.Keyvault) are not available on this server yet; use Microsoft.Storage",
-                ));
-            }
+            // keySource and keyvaultproperties: see `apply_encryption` (asynchronous checks).
             if let Some(infra) = enc.bool("requireInfrastructureEncryption")? {
                 let cur = p["encryption"]["requireInfrastructureEncryption"]
                     .as_bool()
@@ -419,6 +414,8 @@ impl MgmtService {
             .await?;
         b["_keys"] = self.new_account_keys(name)?;
         b["_aek"] = self.new_aek(name)?;
+        self.apply_encryption(&mut b, encryption_of(&req)?, true, &location)
+            .await?;
         self.store
             .put_resource(&Resource {
                 id: id.clone(),
@@ -436,8 +433,9 @@ impl MgmtService {
         })
     }
 
-    fn render_account(&self, b: Value) -> Value {
+    fn render_account(&self, mut b: Value) -> Value {
         let name = b["name"].as_str().unwrap_or_default().to_string();
+        self.cmk_render(&mut b);
         let mut b = public(b);
         b["properties"]["primaryEndpoints"] = json!({"blob": self.blob_endpoint(&name)});
         b
@@ -473,6 +471,9 @@ impl MgmtService {
         self.apply_account_properties(&mut b, req.object("properties")?, false)?;
         self.apply_account_identity(caller, &mut b, req.object("identity")?, &existing.id, name)
             .await?;
+        let location = existing.location.clone().unwrap_or_default();
+        self.apply_encryption(&mut b, encryption_of(req)?, false, &location)
+            .await?;
         let mut r = existing;
         r.body = b.clone();
         self.store.put_resource(&r).await?;
@@ -505,6 +506,10 @@ impl MgmtService {
         let id = resource_id(sub, rg, STORAGE_TYPE, name);
         self.authorize(caller, "Microsoft.Storage/storageAccounts/read", &id)
             .await?;
+        let r = self.require_account(&id, name).await?;
+        // A CMK account's view includes the key version in use and its health: refresh them
+        // (no vault call while the cached account key is valid).
+        self.cmk_observe(&r).await;
         let r = self.require_account(&id, name).await?;
         Ok(self.render_account(r.body))
     }
@@ -546,6 +551,7 @@ impl MgmtService {
         // orphaned objects are unreadable garbage for the collector).
         self.store.delete_account_data(&r.name).await?;
         self.store.delete_resource(&r.id).await?;
+        self.cmk_drop_account(&r.name);
         Ok(())
     }
 
@@ -668,6 +674,14 @@ impl MgmtService {
     }
 }
 
+/// `properties.encryption` of a create or update request.
+fn encryption_of<'a>(req: &Body<'a>) -> Result<Option<Body<'a>>> {
+    match req.object("properties")? {
+        Some(p) => p.object("encryption"),
+        None => Ok(None),
+    }
+}
+
 /// What the blob plane needs of an account: its ARM id (RBAC scope), region, and unsealed AEK.
 pub struct BlobAccount {
     pub name: String,
@@ -680,8 +694,8 @@ pub struct BlobAccount {
 }
 
 impl MgmtService {
-    /// The account behind a blob host or path, with its AEK unsealed (the platform-key path;
-    /// customer-managed keys replace this unwrap in the next issue).
+    /// The account behind a blob host or path, with its AEK: unsealed (platform key) or
+    /// unwrapped by the account's customer-managed key (cached; see `cmk.rs`).
     pub async fn blob_account(&self, name: &str) -> Result<BlobAccount> {
         let r = self
             .store
@@ -694,9 +708,7 @@ impl MgmtService {
                 name: name.into(),
             })?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
-        let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
-            .ok_or_else(|| DomainError::Internal("AEK encoding".into()))?;
-        let aek = self.root.open(&aek_aad(&r.name, version), &sealed)?;
+        let aek = self.account_aek(&r).await?;
         Ok(BlobAccount {
             allow_shared_key: r.body["properties"]["allowSharedKeyAccess"].as_bool() != Some(false),
             name: r.name.clone(),

@@ -1,0 +1,898 @@
+//! Storage accounts under customer-managed keys: enabling (with the storage resource
+//! provider's checks), switching back, the in-memory AEK cache, pick-up of new key versions,
+//! and the health every account reports.
+//!
+//! The account body keeps the AEK in `_aek` either sealed under the root key
+//! (`keySource: Microsoft.Storage`) or *only* wrapped by a customer key version
+//! (`keySource: Microsoft.Keyvault`, fields `wrapped`, `kid`, `principal`). The unwrapped AEK
+//! lives in memory only, for at most the cache TTL, and is revalidated after any change that
+//! may affect it when the vault is in-process (see [`crate::cmk::Changes`]).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coffer_crypto::b64;
+use coffer_secret::SecretBytes;
+use serde_json::{Map, Value, json};
+
+use super::storage::{STORAGE_TYPE, aek_aad};
+use super::{Body, MgmtService};
+use crate::clock::rfc3339;
+use crate::cmk::{Changes, CmkFailure, CmkStatus, KeyInfo, KeyRef, VaultClient};
+use crate::model::Resource;
+use crate::{DomainError, Result};
+
+/// Settings of the customer-managed key machinery.
+#[derive(Debug, Clone)]
+pub struct CmkConfig {
+    /// Allow a key vault in another region than the account (the product's default policy
+    /// refuses it, as the same-region rule of Azure's portal).
+    pub allow_cross_region: bool,
+    /// How long an unwrapped AEK is used without asking the vault again.
+    pub cache_ttl: Duration,
+    /// How often accounts whose vault is on another server are checked for new key versions.
+    pub poll_interval: Duration,
+}
+
+impl Default for CmkConfig {
+    fn default() -> Self {
+        Self {
+            allow_cross_region: false,
+            cache_ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+struct CachedAek {
+    aek: SecretBytes,
+    /// The wrapped form it came from (a re-wrap or another account of the same name misses).
+    wrapped: String,
+    generation: u64,
+    /// When it was unwrapped (server clock, so tests can move past the TTL).
+    at: i64,
+}
+
+/// The CMK health of an account, as last observed.
+#[derive(Debug, Clone)]
+pub struct CmkHealth {
+    pub status: CmkStatus,
+    pub message: String,
+    pub key_version: String,
+    pub last_unwrap: Option<i64>,
+    pub checked: i64,
+}
+
+pub(super) struct CmkState {
+    vaults: Arc<dyn VaultClient>,
+    changes: Arc<Changes>,
+    config: CmkConfig,
+    cache: Mutex<HashMap<String, CachedAek>>,
+    health: Mutex<HashMap<String, CmkHealth>>,
+    /// Vault calls made for each account (the data path makes none while the cache is valid).
+    calls: Mutex<HashMap<String, u64>>,
+    /// One refresh at a time: a cold cache under load makes one vault call, not one per request.
+    fill: tokio::sync::Mutex<()>,
+}
+
+impl CmkState {
+    pub(super) fn new(
+        vaults: Arc<dyn VaultClient>,
+        changes: Arc<Changes>,
+        config: CmkConfig,
+    ) -> Self {
+        Self {
+            vaults,
+            changes,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            fill: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// The CMK fields of an account body.
+struct CmkRecord {
+    /// The key as configured (no version: follows new versions).
+    configured: KeyRef,
+    /// The versioned key that wraps the AEK now.
+    current: KeyRef,
+    principal: String,
+    wrapped_b64: String,
+    version: u64,
+}
+
+fn is_cmk(body: &Value) -> bool {
+    body["_aek"]["keySource"]
+        .as_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("Microsoft.Keyvault"))
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> DomainError {
+    DomainError::CmkInvalid {
+        code,
+        message: message.into(),
+    }
+}
+
+fn unavailable(f: &CmkFailure) -> DomainError {
+    DomainError::CmkUnavailable {
+        code: f.status.blob_error_code(),
+        message: format!(
+            "The customer-managed key of this storage account cannot be used ({}): {}",
+            f.status.as_str(),
+            f.message
+        ),
+    }
+}
+
+fn record(body: &Value) -> Result<CmkRecord> {
+    let a = &body["_aek"];
+    let kvp = &body["properties"]["encryption"]["keyvaultproperties"];
+    let corrupt = || DomainError::Internal("customer-managed key record".into());
+    let configured = KeyRef::from_parts(
+        kvp["keyvaulturi"].as_str().unwrap_or_default(),
+        kvp["keyname"].as_str(),
+        kvp["keyversion"].as_str(),
+    )
+    .map_err(|_| corrupt())?;
+    let current =
+        KeyRef::from_key_uri(a["kid"].as_str().unwrap_or_default()).map_err(|_| corrupt())?;
+    Ok(CmkRecord {
+        configured,
+        current,
+        principal: a["principal"].as_str().ok_or_else(corrupt)?.to_string(),
+        wrapped_b64: a["wrapped"].as_str().ok_or_else(corrupt)?.to_string(),
+        version: a["version"].as_u64().unwrap_or(1),
+    })
+}
+
+/// The ARM validation error for a failed vault call while enabling a CMK.
+fn enable_error(f: CmkFailure, principal: &str) -> DomainError {
+    match f.status {
+        CmkStatus::VaultNotFound => invalid(
+            "KeyVaultVaultNotFound",
+            format!(
+                "The key vault was not found: {}. Check keyvaulturi.",
+                f.message
+            ),
+        ),
+        CmkStatus::KeyNotFound => invalid(
+            "KeyVaultKeyNotFound",
+            format!(
+                "The key was not found: {}. Check keyname and keyversion.",
+                f.message
+            ),
+        ),
+        CmkStatus::KeyDisabled => invalid(
+            "KeyVaultKeyDisabled",
+            format!("The key is disabled: {}. Enable it first.", f.message),
+        ),
+        CmkStatus::AccessDenied => invalid(
+            "KeyVaultAccessDenied",
+            format!(
+                "The storage account's identity {principal} may not use the key: {}. Grant it the role 'Key Vault Crypto Service Encryption User' on the key or the vault (get, wrapKey and unwrapKey).",
+                f.message
+            ),
+        ),
+        CmkStatus::IdentityNotFound => invalid(
+            "KeyVaultAuthenticationFailure",
+            format!(
+                "The storage account's identity cannot sign in: {}.",
+                f.message
+            ),
+        ),
+        CmkStatus::VaultUnreachable | CmkStatus::Healthy => invalid(
+            "KeyVaultUnreachable",
+            format!("The key vault could not be reached: {}.", f.message),
+        ),
+    }
+}
+
+/// The storage RP's checks of a key version's attributes.
+fn check_key(info: &KeyInfo, now: i64) -> Result<()> {
+    if info.recovery_level.contains("Purgeable") || !info.recovery_level.contains("Recoverable") {
+        return Err(invalid(
+            "KeyVaultPolicyError",
+            "The key vault must have soft delete and purge protection enabled (enablePurgeProtection: true) to hold a customer-managed key.",
+        ));
+    }
+    let rsa = info.kty == "RSA" || info.kty == "RSA-HSM";
+    if !rsa || !matches!(info.key_size, Some(2048 | 3072 | 4096)) {
+        return Err(invalid(
+            "KeyVaultKeyTypeNotSupported",
+            format!(
+                "The key must be RSA or RSA-HSM of 2048, 3072 or 4096 bits; this one is {}{}.",
+                info.kty,
+                info.key_size.map(|s| format!(" {s}")).unwrap_or_default()
+            ),
+        ));
+    }
+    for op in ["wrapKey", "unwrapKey"] {
+        if !info.key_ops.iter().any(|o| o == op) {
+            return Err(invalid(
+                "KeyVaultKeyOperationsNotPermitted",
+                format!("The key's key_ops must include wrapKey and unwrapKey (missing {op})."),
+            ));
+        }
+    }
+    if info.exp.is_some_and(|e| now >= e) {
+        return Err(invalid(
+            "KeyVaultKeyExpired",
+            format!(
+                "The key version {} has expired; use another version or set a later expiry.",
+                info.version
+            ),
+        ));
+    }
+    if info.nbf.is_some_and(|n| now < n) {
+        return Err(invalid(
+            "KeyVaultKeyNotYetValid",
+            format!(
+                "The key version {} is not valid yet (nbf is in the future).",
+                info.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn norm_region(r: &str) -> String {
+    r.replace(' ', "").to_ascii_lowercase()
+}
+
+impl MgmtService {
+    fn cmk_health_put(
+        &self,
+        account: &str,
+        status: CmkStatus,
+        message: String,
+        key_version: &str,
+        unwrapped: bool,
+    ) {
+        let now = self.clock.now();
+        if let Ok(mut h) = self.cmk.health.lock() {
+            let prev = h.get(account).and_then(|x| x.last_unwrap);
+            h.insert(
+                account.to_string(),
+                CmkHealth {
+                    status,
+                    message,
+                    key_version: key_version.to_string(),
+                    last_unwrap: if unwrapped { Some(now) } else { prev },
+                    checked: now,
+                },
+            );
+        }
+    }
+
+    fn cmk_count(&self, account: &str) {
+        if let Ok(mut c) = self.cmk.calls.lock() {
+            *c.entry(account.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    fn cmk_forget(&self, account: &str) {
+        if let Ok(mut c) = self.cmk.cache.lock() {
+            c.remove(account);
+        }
+    }
+
+    pub(super) fn cmk_drop_account(&self, account: &str) {
+        self.cmk_forget(account);
+        if let Ok(mut c) = self.cmk.calls.lock() {
+            c.remove(account);
+        }
+        if let Ok(mut h) = self.cmk.health.lock() {
+            h.remove(account);
+        }
+    }
+
+    /// The cached AEK of `r` if it is still valid.
+    fn cmk_cached(&self, r: &Resource, rec: &CmkRecord) -> Option<SecretBytes> {
+        let generation = self.cmk.changes.current();
+        let event_driven = self.cmk.vaults.publishes_changes(&rec.current);
+        let c = self.cmk.cache.lock().ok()?;
+        let e = c.get(&r.name)?;
+        let fresh = e.wrapped == rec.wrapped_b64
+            && self.clock.now() - e.at < secs(self.cmk.config.cache_ttl)
+            && (!event_driven || e.generation == generation);
+        fresh.then(|| SecretBytes::new(e.aek.expose().to_vec()))
+    }
+
+    /// The unwrapped AEK of a CMK account: from the cache, or from the vault (picking up a new
+    /// key version on the way when the account follows the versionless key).
+    async fn cmk_aek(&self, r: &Resource) -> Result<SecretBytes> {
+        let rec = record(&r.body)?;
+        if let Some(aek) = self.cmk_cached(r, &rec) {
+            return Ok(aek);
+        }
+        let _fill = self.cmk.fill.lock().await;
+        // Another request may have refreshed (or rotated) while this one waited.
+        let r =
+            self.store
+                .get_resource(&r.id)
+                .await?
+                .ok_or_else(|| DomainError::ResourceNotFound {
+                    resource_type: STORAGE_TYPE.into(),
+                    name: r.name.clone(),
+                })?;
+        if !is_cmk(&r.body) {
+            return self.platform_aek(&r);
+        }
+        let rec = record(&r.body)?;
+        if let Some(aek) = self.cmk_cached(&r, &rec) {
+            return Ok(aek);
+        }
+        self.cmk_refresh(&r, rec).await
+    }
+
+    /// Ask the vault: pick up a new version if the account follows the key, then unwrap.
+    async fn cmk_refresh(&self, r: &Resource, mut rec: CmkRecord) -> Result<SecretBytes> {
+        let generation = self.cmk.changes.current();
+        let vaults = self.cmk.vaults.clone();
+        let fail = |f: CmkFailure, version: &str| {
+            tracing::warn!(account = %r.name, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
+            self.cmk_forget(&r.name);
+            self.cmk_health_put(&r.name, f.status, f.message.clone(), version, false);
+            unavailable(&f)
+        };
+        let current_version = rec.current.version.clone().unwrap_or_default();
+        let mut aek = None;
+        if rec.configured.version.is_none() {
+            self.cmk_count(&r.name);
+            let info = vaults
+                .get_key(&rec.principal, &rec.configured)
+                .await
+                .map_err(|f| fail(f, &current_version))?;
+            if info.version != current_version && check_key(&info, self.clock.now()).is_ok() {
+                let wrapped = b64::std_decode(&rec.wrapped_b64)
+                    .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
+                self.cmk_count(&r.name);
+                self.cmk_count(&r.name);
+                let plain = vaults
+                    .unwrap(&rec.principal, &rec.current, &wrapped)
+                    .await
+                    .map_err(|f| fail(f, &current_version))?;
+                let next = rec.configured.with_version(&info.version);
+                let rewrapped = vaults
+                    .wrap(&rec.principal, &next, plain.expose())
+                    .await
+                    .map_err(|f| fail(f, &current_version))?;
+                match self
+                    .cmk_persist_rotation(r, &rec, &next, &rewrapped, &info)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(account = %r.name, kid = %next.kid(&info.version), "picked up a new customer-managed key version");
+                        rec.current = next;
+                        rec.wrapped_b64 = b64::std_encode(&rewrapped);
+                        aek = Some(plain);
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let version = rec.current.version.clone().unwrap_or_default();
+        let aek = match aek {
+            Some(a) => a,
+            None => {
+                let wrapped = b64::std_decode(&rec.wrapped_b64)
+                    .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
+                self.cmk_count(&r.name);
+                vaults
+                    .unwrap(&rec.principal, &rec.current, &wrapped)
+                    .await
+                    .map_err(|f| fail(f, &version))?
+            }
+        };
+        if aek.expose().len() != 32 {
+            return Err(DomainError::Internal("unwrapped AEK length".into()));
+        }
+        if let Ok(mut c) = self.cmk.cache.lock() {
+            c.insert(
+                r.name.clone(),
+                CachedAek {
+                    aek: SecretBytes::new(aek.expose().to_vec()),
+                    wrapped: rec.wrapped_b64.clone(),
+                    generation,
+                    at: self.clock.now(),
+                },
+            );
+        }
+        self.cmk_health_put(&r.name, CmkStatus::Healthy, String::new(), &version, true);
+        Ok(aek)
+    }
+
+    /// Store a re-wrapped AEK, unless the account changed meanwhile. Returns whether it did.
+    async fn cmk_persist_rotation(
+        &self,
+        r: &Resource,
+        rec: &CmkRecord,
+        next: &KeyRef,
+        rewrapped: &[u8],
+        info: &KeyInfo,
+    ) -> Result<bool> {
+        let _w = self.write_guard().await;
+        let Some(mut cur) = self.store.get_resource(&r.id).await? else {
+            return Ok(false);
+        };
+        if cur.body["_aek"]["wrapped"].as_str() != Some(rec.wrapped_b64.as_str()) {
+            return Ok(false);
+        }
+        let version = info.version.as_str();
+        cur.body["_aek"]["wrapped"] = json!(b64::std_encode(rewrapped));
+        cur.body["_aek"]["kid"] = json!(next.kid(version));
+        let kvp = &mut cur.body["properties"]["encryption"]["keyvaultproperties"];
+        kvp["currentVersionedKeyIdentifier"] = json!(next.kid(version));
+        kvp["lastKeyRotationTimestamp"] = json!(rfc3339(self.clock.now()));
+        kvp["currentVersionedKeyExpirationTimestamp"] =
+            info.exp.map(|e| json!(rfc3339(e))).unwrap_or(Value::Null);
+        self.store.put_resource(&cur).await?;
+        Ok(true)
+    }
+
+    /// The AEK of a platform-key account.
+    pub(super) fn platform_aek(&self, r: &Resource) -> Result<SecretBytes> {
+        let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
+        let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
+            .ok_or_else(|| DomainError::Internal("AEK encoding".into()))?;
+        Ok(self.root.open(&aek_aad(&r.name, version), &sealed)?)
+    }
+
+    /// The AEK of any account (platform key or CMK).
+    pub(super) async fn account_aek(&self, r: &Resource) -> Result<SecretBytes> {
+        if is_cmk(&r.body) {
+            self.cmk_aek(r).await
+        } else {
+            self.platform_aek(r)
+        }
+    }
+
+    /// Bring an account's CMK state up to date (health, new versions) without failing.
+    pub(super) async fn cmk_observe(&self, r: &Resource) {
+        if is_cmk(&r.body) {
+            let _ = self.cmk_aek(r).await;
+        }
+    }
+
+    /// Apply `properties.encryption` of a create or update request to `body` (whose identity is
+    /// already applied). Every check happens before anything is written.
+    pub(super) async fn apply_encryption(
+        &self,
+        body: &mut Value,
+        enc: Option<Body<'_>>,
+        new: bool,
+        location: &str,
+    ) -> Result<()> {
+        let Some(enc) = enc else { return Ok(()) };
+        let kvp = match enc.object("keyvaultproperties")? {
+            Some(k) => Some(k),
+            None => enc.object("keyVaultProperties")?,
+        };
+        let source = enc.str("keySource")?;
+        let wants_cmk = match source {
+            Some(s) if s.eq_ignore_ascii_case("Microsoft.Keyvault") => true,
+            Some(s) if s.eq_ignore_ascii_case("Microsoft.Storage") => false,
+            Some(_) => {
+                return Err(super::bad(
+                    "encryption.keySource must be Microsoft.Storage or Microsoft.Keyvault",
+                ));
+            }
+            None => is_cmk(body) && kvp.is_some(),
+        };
+        if !wants_cmk {
+            if source.is_some() && is_cmk(body) {
+                self.switch_to_platform(body).await?;
+            }
+            return Ok(());
+        }
+        let Some(kvp) = kvp else {
+            if is_cmk(body) {
+                return Ok(()); // keySource restated, nothing to change
+            }
+            return Err(invalid(
+                "InvalidValuesForRequestParameters",
+                "encryption.keyvaultproperties (keyvaulturi, keyname, optional keyversion) is required with keySource Microsoft.Keyvault",
+            ));
+        };
+        let vault_uri = kvp
+            .str("keyvaulturi")?
+            .or(kvp.str("keyVaultUri")?)
+            .ok_or_else(|| {
+                invalid(
+                    "InvalidValuesForRequestParameters",
+                    "encryption.keyvaultproperties.keyvaulturi is required",
+                )
+            })?;
+        let key = KeyRef::from_parts(
+            vault_uri,
+            kvp.str("keyname")?.or(kvp.str("keyName")?),
+            kvp.str("keyversion")?.or(kvp.str("keyVersion")?),
+        )
+        .map_err(|m| invalid("InvalidValuesForRequestParameters", m))?;
+
+        // The identity the account uses to reach the vault.
+        let uai = match enc.object("identity")? {
+            Some(i) => {
+                if i.str("federatedIdentityClientId")?
+                    .is_some_and(|s| !s.is_empty())
+                {
+                    return Err(invalid(
+                        "InvalidValuesForRequestParameters",
+                        "cross-tenant customer-managed keys (federatedIdentityClientId) are not supported",
+                    ));
+                }
+                i.str("userAssignedIdentity")?
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            }
+            None if is_cmk(body) => {
+                body["properties"]["encryption"]["identity"]["userAssignedIdentity"]
+                    .as_str()
+                    .map(str::to_string)
+            }
+            None => None,
+        };
+        let principal = match &uai {
+            Some(id) => body["identity"]["userAssignedIdentities"]
+                .as_object()
+                .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(id)))
+                .and_then(|(_, v)| v["principalId"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    invalid(
+                        "KeyVaultAuthenticationFailure",
+                        format!(
+                            "The user-assigned identity '{}' named in encryption.identity is not assigned to the storage account; add it to identity.userAssignedIdentities.",
+                            id.chars().take(300).collect::<String>()
+                        ),
+                    )
+                })?,
+            None if new => {
+                return Err(invalid(
+                    "KeyVaultAuthenticationFailure",
+                    "A new storage account can start with a customer-managed key only through a user-assigned identity (encryption.identity.userAssignedIdentity) that already has access to the key: a system-assigned identity does not exist before the account does.",
+                ));
+            }
+            None => body["identity"]["principalId"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    invalid(
+                        "KeyVaultAuthenticationFailure",
+                        "The storage account has no managed identity to reach the key vault with: give it a system-assigned identity (identity.type SystemAssigned) or name a user-assigned one in encryption.identity.userAssignedIdentity.",
+                    )
+                })?,
+        };
+
+        let name = body["name"].as_str().unwrap_or_default().to_string();
+        for _ in 0..3 {
+            self.cmk_count(&name); // get, wrap, unwrap
+        }
+        let vaults = self.cmk.vaults.clone();
+        let info = vaults
+            .get_key(&principal, &key)
+            .await
+            .map_err(|f| enable_error(f, &principal))?;
+        check_key(&info, self.clock.now())?;
+        if let Some(vault_region) = &info.location
+            && !self.cmk.config.allow_cross_region
+            && norm_region(vault_region) != norm_region(location)
+        {
+            return Err(invalid(
+                "KeyVaultRegionMismatch",
+                format!(
+                    "The key vault is in region '{vault_region}' but the storage account is in '{location}'. Use a key vault in '{location}' (a deployment policy of this server; an operator can allow cross-region keys with --cmk-allow-cross-region)."
+                ),
+            ));
+        }
+
+        // The AEK, unwrapped with the current protection, then wrapped by the new key version
+        // and unwrapped again: proof that the identity holds wrapKey and unwrapKey.
+        let current = if new {
+            self.platform_aek_from_body(&name, body)?
+        } else {
+            let r = Resource {
+                id: body["id"].as_str().unwrap_or_default().to_string(),
+                resource_type: STORAGE_TYPE.into(),
+                subscription_id: String::new(),
+                resource_group: None,
+                name: name.clone(),
+                location: Some(location.to_string()),
+                body: body.clone(),
+            };
+            if is_cmk(body) {
+                self.cmk_unwrap_current(&r).await.map_err(|e| match e {
+                    DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
+                        code,
+                        message: format!("The account's current key cannot be used, so the account key cannot be re-wrapped under another: {message}"),
+                    },
+                    e => e,
+                })?
+            } else {
+                self.platform_aek(&r)?
+            }
+        };
+        let versioned = key.with_version(&info.version);
+        let wrapped = vaults
+            .wrap(&principal, &versioned, current.expose())
+            .await
+            .map_err(|f| enable_error(f, &principal))?;
+        let back = vaults
+            .unwrap(&principal, &versioned, &wrapped)
+            .await
+            .map_err(|f| enable_error(f, &principal))?;
+        if back.expose() != current.expose() {
+            return Err(DomainError::Internal(
+                "the key vault returned a different key on unwrap".into(),
+            ));
+        }
+        let version = body["_aek"]["version"].as_u64().unwrap_or(1);
+        let kid = versioned.kid(&info.version);
+        let prev_kvp = body["properties"]["encryption"]["keyvaultproperties"].clone();
+        body["_aek"] = json!({
+            "version": version,
+            "keySource": "Microsoft.Keyvault",
+            "wrapped": b64::std_encode(&wrapped),
+            "kid": kid,
+            "principal": principal,
+        });
+        let mut kv = Map::new();
+        kv.insert("keyvaulturi".into(), json!(vault_uri.trim()));
+        kv.insert("keyname".into(), json!(key.name));
+        kv.insert(
+            "keyversion".into(),
+            json!(key.version.clone().unwrap_or_default()),
+        );
+        kv.insert("currentVersionedKeyIdentifier".into(), json!(kid));
+        if prev_kvp["currentVersionedKeyIdentifier"]
+            .as_str()
+            .is_some_and(|k| k != kid)
+        {
+            kv.insert(
+                "lastKeyRotationTimestamp".into(),
+                json!(rfc3339(self.clock.now())),
+            );
+        } else if let Some(t) = prev_kvp["lastKeyRotationTimestamp"].as_str() {
+            kv.insert("lastKeyRotationTimestamp".into(), json!(t));
+        }
+        if let Some(e) = info.exp {
+            kv.insert(
+                "currentVersionedKeyExpirationTimestamp".into(),
+                json!(rfc3339(e)),
+            );
+        }
+        let e = &mut body["properties"]["encryption"];
+        e["keySource"] = json!("Microsoft.Keyvault");
+        e["keyvaultproperties"] = Value::Object(kv);
+        match uai {
+            Some(id) => e["identity"] = json!({"userAssignedIdentity": id}),
+            None => {
+                if let Some(m) = e.as_object_mut() {
+                    m.remove("identity");
+                }
+            }
+        }
+        // The new wrap is in effect once the caller stores the body; cache it then.
+        if let Ok(mut c) = self.cmk.cache.lock() {
+            c.remove(&name);
+        }
+        self.cmk_health_put(
+            &name,
+            CmkStatus::Healthy,
+            String::new(),
+            &info.version,
+            true,
+        );
+        Ok(())
+    }
+
+    fn platform_aek_from_body(&self, name: &str, body: &Value) -> Result<SecretBytes> {
+        let r = Resource {
+            id: String::new(),
+            resource_type: STORAGE_TYPE.into(),
+            subscription_id: String::new(),
+            resource_group: None,
+            name: name.to_string(),
+            location: None,
+            body: body.clone(),
+        };
+        self.platform_aek(&r)
+    }
+
+    /// The AEK of a CMK account as it stands (cache or one unwrap), without picking up new
+    /// versions: for management writes, which hold the write lock that a pick-up needs.
+    async fn cmk_unwrap_current(&self, r: &Resource) -> Result<SecretBytes> {
+        let rec = record(&r.body)?;
+        if let Some(aek) = self.cmk_cached(r, &rec) {
+            return Ok(aek);
+        }
+        let wrapped = b64::std_decode(&rec.wrapped_b64)
+            .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
+        self.cmk_count(&r.name);
+        self.cmk
+            .vaults
+            .unwrap(&rec.principal, &rec.current, &wrapped)
+            .await
+            .map_err(|f| unavailable(&f))
+    }
+
+    /// Re-wrap a CMK account's AEK under the platform key (keySource back to Microsoft.Storage).
+    async fn switch_to_platform(&self, body: &mut Value) -> Result<()> {
+        let name = body["name"].as_str().unwrap_or_default().to_string();
+        let r = Resource {
+            id: body["id"].as_str().unwrap_or_default().to_string(),
+            resource_type: STORAGE_TYPE.into(),
+            subscription_id: String::new(),
+            resource_group: None,
+            name: name.clone(),
+            location: None,
+            body: body.clone(),
+        };
+        let aek = self.cmk_unwrap_current(&r).await.map_err(|e| match e {
+            DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
+                code,
+                message: format!(
+                    "Switching back to Microsoft-managed keys needs the current key: {message}"
+                ),
+            },
+            e => e,
+        })?;
+        let version = record(body)?.version;
+        body["_aek"] = json!({
+            "version": version,
+            "sealed": b64::std_encode(&self.root.seal(&aek_aad(&name, version), aek.expose())?),
+            "keySource": "Microsoft.Storage",
+        });
+        let e = &mut body["properties"]["encryption"];
+        e["keySource"] = json!("Microsoft.Storage");
+        if let Some(m) = e.as_object_mut() {
+            m.remove("keyvaultproperties");
+            m.remove("identity");
+        }
+        self.cmk_drop_account(&name);
+        Ok(())
+    }
+
+    /// The health view of an account body for responses (`properties.encryption.cmkHealth`,
+    /// a Coffer extension: Azure reports none).
+    pub(super) fn cmk_render(&self, b: &mut Value) {
+        if !is_cmk(b) {
+            return;
+        }
+        let name = b["name"].as_str().unwrap_or_default();
+        let h = self
+            .cmk
+            .health
+            .lock()
+            .ok()
+            .and_then(|h| h.get(name).cloned());
+        let calls = self
+            .cmk
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(name).copied())
+            .unwrap_or(0);
+        let current = b["_aek"]["kid"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        b["properties"]["encryption"]["cmkHealth"] = match h {
+            Some(h) => json!({
+                "status": h.status.as_str(),
+                "keyVersionInUse": current,
+                "lastSuccessfulUnwrapTime": h.last_unwrap.map(rfc3339),
+                "lastCheckTime": rfc3339(h.checked),
+                "message": h.message,
+                "vaultCalls": calls,
+            }),
+            None => json!({"status": "Unknown", "keyVersionInUse": current, "vaultCalls": calls}),
+        };
+    }
+
+    /// Accounts under a customer-managed key (every subscription).
+    async fn cmk_accounts(&self) -> Result<Vec<Resource>> {
+        let mut out = Vec::new();
+        for s in self.store.list_subscriptions().await? {
+            for r in self
+                .store
+                .list_resources(&s.subscription_id, None, Some(STORAGE_TYPE))
+                .await?
+            {
+                if is_cmk(&r.body) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refresh every CMK account whose last check is older than the poll interval (accounts
+    /// with a remote vault pick up new key versions this way). Returns how many were checked.
+    pub async fn cmk_poll_due(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let mut n = 0;
+        for r in self.cmk_accounts().await? {
+            let due = self
+                .cmk
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| {
+                    h.get(&r.name)
+                        .map(|x| now - x.checked >= secs(self.cmk.config.poll_interval))
+                })
+                .unwrap_or(true);
+            if due {
+                self.cmk_forget(&r.name);
+                self.cmk_observe(&r).await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Follow the change feed: after any change, bring every CMK account with an in-process
+    /// vault up to date (new key versions within moments, health without waiting for a request).
+    pub fn spawn_cmk_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        let mut rx = self.cmk.changes.subscribe();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(m) = me.upgrade() else { break };
+                match m.cmk_accounts().await {
+                    Ok(accounts) => {
+                        for r in accounts {
+                            m.cmk_observe(&r).await;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "customer-managed key refresh failed"),
+                }
+            }
+        })
+    }
+
+    /// Storage accounts whose AEK is wrapped by a key of the vault at `vault_uri` (optionally
+    /// one key): account id, key version in use, whether it follows new versions, health.
+    pub async fn key_dependents(&self, vault_uri: &str, key: Option<&str>) -> Result<Vec<Value>> {
+        let vault_uri = KeyRef::parse_vault_uri(vault_uri).map_err(super::bad)?;
+        let mut out = Vec::new();
+        for r in self.cmk_accounts().await? {
+            let Ok(rec) = record(&r.body) else { continue };
+            let same_vault = rec.current.vault_uri == vault_uri
+                || vault_uri
+                    .rsplit_once(':')
+                    .is_some_and(|(v, _)| v == rec.current.vault_uri && v != "https");
+            if !same_vault || key.is_some_and(|k| !k.eq_ignore_ascii_case(&rec.current.name)) {
+                continue;
+            }
+            let status = self
+                .cmk
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| h.get(&r.name).map(|x| x.status.as_str()))
+                .unwrap_or("Unknown");
+            out.push(json!({
+                "storageAccountId": r.id,
+                "keyName": rec.current.name,
+                "keyVersion": rec.current.version,
+                "followsNewVersions": rec.configured.version.is_none(),
+                "status": status,
+            }));
+        }
+        Ok(out)
+    }
+}
