@@ -642,7 +642,8 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::InvalidRange
         | DomainError::InvalidXml(_)
         | DomainError::InvalidBlockList(_)
-        | DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "BadRequest"),
+        | DomainError::Md5Mismatch
+        | DomainError::Crc64Mismatch => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
         DomainError::CmkInvalid { code, .. } | DomainError::CmkUnavailable { code, .. } => {

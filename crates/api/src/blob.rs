@@ -16,7 +16,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use coffer_domain::DomainError;
 use coffer_domain::blob::{
-    BlobAuth, BlockListKind, ByteSource, ContentHeaders, ListItem, MAX_BLOCKS,
+    BlobAuth, BlockListKind, ByteSource, Checksums, ContentHeaders, ListItem, MAX_BLOCKS,
 };
 use coffer_domain::identity::Plane;
 use coffer_domain::mgmt::BlobAccount;
@@ -96,6 +96,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "InvalidBlockList"),
         DomainError::InvalidXml(_) => (StatusCode::BAD_REQUEST, "InvalidXmlDocument"),
         DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "Md5Mismatch"),
+        DomainError::Crc64Mismatch => (StatusCode::BAD_REQUEST, "Crc64Mismatch"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
         DomainError::InvalidName {
             kind: "container", ..
@@ -132,10 +133,147 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
     error_with(status, code, &msg, rid)
 }
 
+/// The sections of Set Blob Service Properties, in the order Azure writes them, with the
+/// value a fresh account reports.
+const SERVICE_PROPERTIES: [(&str, &str); 7] = [
+    (
+        "Logging",
+        "<Logging><Version>1.0</Version><Delete>false</Delete><Read>false</Read><Write>false</Write><RetentionPolicy><Enabled>false</Enabled></RetentionPolicy></Logging>",
+    ),
+    (
+        "HourMetrics",
+        "<HourMetrics><Version>1.0</Version><Enabled>false</Enabled><RetentionPolicy><Enabled>false</Enabled></RetentionPolicy></HourMetrics>",
+    ),
+    (
+        "MinuteMetrics",
+        "<MinuteMetrics><Version>1.0</Version><Enabled>false</Enabled><RetentionPolicy><Enabled>false</Enabled></RetentionPolicy></MinuteMetrics>",
+    ),
+    ("Cors", "<Cors />"),
+    ("DefaultServiceVersion", ""),
+    (
+        "DeleteRetentionPolicy",
+        "<DeleteRetentionPolicy><Enabled>false</Enabled></DeleteRetentionPolicy>",
+    ),
+    (
+        "StaticWebsite",
+        "<StaticWebsite><Enabled>false</Enabled></StaticWebsite>",
+    ),
+];
+
+/// Split a Set Blob Service Properties document into its top-level sections (name, XML),
+/// checking it is well formed and names only known sections. Sections are stored as sent
+/// (they are not enforced by this server) and merged: a section not sent is left unchanged.
+pub fn parse_service_properties(xml: &[u8]) -> Result<Vec<(String, String)>, DomainError> {
+    use quick_xml::events::Event;
+    let bad = |m: &str| DomainError::InvalidXml(m.to_string());
+    let known = |name: &str| {
+        if SERVICE_PROPERTIES.iter().any(|(n, _)| *n == name) {
+            Ok(())
+        } else {
+            Err(bad("unknown element in StorageServiceProperties"))
+        }
+    };
+    let slice = |from: u64, to: u64| {
+        let (from, to) = (usize::try_from(from).ok(), usize::try_from(to).ok());
+        from.zip(to)
+            .and_then(|(f, t)| xml.get(f..t))
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .ok_or_else(|| bad("the document is not valid UTF-8"))
+    };
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut depth = 0usize;
+    let mut open: Option<(String, u64)> = None;
+    let mut root_done = false;
+    loop {
+        let before = reader.buffer_position();
+        let ev = reader
+            .read_event_into(&mut buf)
+            .map_err(|_| bad("the document is not well-formed XML"))?;
+        let after = reader.buffer_position();
+        match ev {
+            Event::Start(e) => {
+                let name = e.name().into_inner().to_string();
+                match depth {
+                    0 if !root_done && name == "StorageServiceProperties" => {}
+                    0 => return Err(bad("the root element must be StorageServiceProperties")),
+                    1 => {
+                        known(&name)?;
+                        open = Some((name, before));
+                    }
+                    _ => {}
+                }
+                depth += 1;
+            }
+            Event::Empty(e) => {
+                let name = e.name().into_inner().to_string();
+                match depth {
+                    0 if !root_done && name == "StorageServiceProperties" => root_done = true,
+                    0 => return Err(bad("the root element must be StorageServiceProperties")),
+                    1 => {
+                        known(&name)?;
+                        out.push((name, slice(before, after)?));
+                    }
+                    _ => {}
+                }
+            }
+            Event::End(_) => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| bad("unbalanced elements"))?;
+                if depth == 1
+                    && let Some((name, start)) = open.take()
+                {
+                    out.push((name, slice(start, after)?));
+                }
+                if depth == 0 {
+                    root_done = true;
+                }
+            }
+            Event::Text(t) => {
+                if depth <= 1 && !t.into_inner().chars().all(char::is_whitespace) {
+                    return Err(bad("text outside a section"));
+                }
+            }
+            Event::CData(_) if depth >= 2 => {}
+            Event::Eof => break,
+            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+            _ => return Err(bad("unsupported XML content")),
+        }
+        buf.clear();
+    }
+    if !root_done || depth != 0 {
+        return Err(bad("the document ends early"));
+    }
+    for (i, (n, _)) in out.iter().enumerate() {
+        if out.iter().skip(i + 1).any(|(m, _)| m == n) {
+            return Err(bad("a section appears twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// The service properties document: stored sections, defaults for the others.
+fn render_service_properties(stored: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut x =
+        String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><StorageServiceProperties>");
+    for (name, default) in SERVICE_PROPERTIES {
+        x.push_str(stored.get(name).and_then(|v| v.as_str()).unwrap_or(default));
+    }
+    x.push_str("</StorageServiceProperties>");
+    x
+}
+
+/// The largest range `x-ms-range-get-content-md5` may cover (Azure's limit).
+const RANGE_MD5_MAX: u64 = 4 * 1024 * 1024;
+
 /// A Blob operation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BlobOp {
     ListContainers,
+    GetServiceProperties,
+    SetServiceProperties,
     CreateContainer {
         container: String,
     },
@@ -207,6 +345,13 @@ impl BlobOp {
         match (container, blob) {
             (None, None) if method == Method::GET && comp == Some("list") => {
                 Some(Self::ListContainers)
+            }
+            (None, None) if restype == Some("service") && comp == Some("properties") => {
+                match method.as_str() {
+                    "GET" => Some(Self::GetServiceProperties),
+                    "PUT" => Some(Self::SetServiceProperties),
+                    _ => None,
+                }
             }
             (Some(c), None) if restype == Some("container") => {
                 let container = c.to_string();
@@ -698,6 +843,28 @@ async fn execute(
             svc.delete_container(auth, acct, &container).await?;
             ok(base(StatusCode::ACCEPTED, rid))
         }
+        BlobOp::GetServiceProperties => {
+            let stored = svc.service_properties(auth, acct).await?;
+            let xml = render_service_properties(&stored);
+            base(StatusCode::OK, rid)
+                .header(http::header::CONTENT_TYPE, "application/xml")
+                .header(http::header::CONTENT_LENGTH, xml.len())
+                .body(Body::from(xml))
+                .unwrap_or_default()
+        }
+        BlobOp::SetServiceProperties => {
+            let xml = match crate::body::read_limited(body, 64 * 1024).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return Err(DomainError::InvalidXml(
+                        "the service properties document is larger than 64 KiB".into(),
+                    ));
+                }
+            };
+            let parts = parse_service_properties(&xml)?;
+            svc.set_service_properties(auth, acct, parts).await?;
+            ok(base(StatusCode::ACCEPTED, rid))
+        }
         BlobOp::ListContainers => {
             let prefix = q.get("prefix").cloned().unwrap_or_default();
             let marker = q.get("marker").cloned().unwrap_or_default();
@@ -893,7 +1060,7 @@ async fn execute(
                     return Ok(condition_response(f, None, rid));
                 }
             }
-            let md5 = content_md5(h)?;
+            let sums = checksums(h)?;
             let mut src = BodySource(body);
             let rec = match svc
                 .put_blob(
@@ -906,7 +1073,7 @@ async fn execute(
                     headers,
                     &meta,
                     if_none_match_any,
-                    md5,
+                    sums,
                 )
                 .await
             {
@@ -926,6 +1093,9 @@ async fn execute(
                 .header("x-ms-request-server-encrypted", "true");
             if let Some(m) = &rec.content_md5 {
                 b = b.header("content-md5", m);
+            }
+            if let Some(c) = hv(h, "x-ms-content-crc64") {
+                b = b.header("x-ms-content-crc64", c);
             }
             ok(b)
         }
@@ -977,6 +1147,41 @@ async fn execute(
                 Some((s, e)) => (s, e, StatusCode::PARTIAL_CONTENT),
                 None => (0, rec.size, StatusCode::OK),
             };
+            if hv(h, "x-ms-range-get-content-md5").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+                // The MD5 of a range goes in a header, so the range (at most 4 MiB, Azure's
+                // limit) is read and checked before the answer starts.
+                if status != StatusCode::PARTIAL_CONTENT {
+                    return Err(DomainError::InvalidProperty(
+                        "x-ms-range-get-content-md5 needs a Range or x-ms-range header".into(),
+                    ));
+                }
+                if end - start > RANGE_MD5_MAX {
+                    return Ok(error_with(
+                        StatusCode::BAD_REQUEST,
+                        "OutOfRangeInput",
+                        "x-ms-range-get-content-md5 is allowed for ranges of at most 4 MiB.",
+                        rid,
+                    ));
+                }
+                let mut reader = svc.read(acct, &rec, start, end).await?;
+                let mut data = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
+                let mut md5 = coffer_crypto::checksum::Md5::new();
+                while let Some(c) = reader.next_chunk().await? {
+                    md5.update(&c);
+                    data.extend_from_slice(&c);
+                }
+                let mut b = blob_headers(base(status, rid), &rec, &meta)
+                    .header(http::header::CONTENT_LENGTH, end - start)
+                    .header("content-md5", coffer_crypto::b64::std_encode(&md5.finish()))
+                    .header(
+                        http::header::CONTENT_RANGE,
+                        format!("bytes {start}-{}/{}", end - 1, rec.size),
+                    );
+                if let Some(m) = &rec.content_md5 {
+                    b = b.header("x-ms-blob-content-md5", m);
+                }
+                return Ok(b.body(Body::from(data)).unwrap_or_default());
+            }
             let mut reader = svc.read(acct, &rec, start, end).await?;
             // Verify the first segment before answering, so a tampered blob fails with an
             // error status instead of a truncated 200.
@@ -1033,11 +1238,21 @@ async fn execute(
                     rid,
                 ));
             };
-            let md5 = content_md5(h)?;
+            let sums = checksums(h)?;
             let mut src = BodySource(body);
-            svc.put_block(auth, acct, &container, &blob, &block_id, len, &mut src, md5)
-                .await?;
-            ok(base(StatusCode::CREATED, rid).header("x-ms-request-server-encrypted", "true"))
+            svc.put_block(
+                auth, acct, &container, &blob, &block_id, len, &mut src, sums,
+            )
+            .await?;
+            let mut b =
+                base(StatusCode::CREATED, rid).header("x-ms-request-server-encrypted", "true");
+            if let Some(m) = hv(h, "content-md5") {
+                b = b.header("content-md5", m);
+            }
+            if let Some(c) = hv(h, "x-ms-content-crc64") {
+                b = b.header("x-ms-content-crc64", c);
+            }
+            ok(b)
         }
         BlobOp::PutBlockList { container, blob } => {
             let xml = match crate::body::read_limited(body, 8 * 1024 * 1024).await {
@@ -1272,17 +1487,29 @@ fn copy_source(
     }
 }
 
-/// The `Content-MD5` a client sent with an upload (validated while the body streams).
-fn content_md5(h: &HeaderMap) -> Result<Option<[u8; 16]>, DomainError> {
-    match hv(h, "content-md5") {
-        None => Ok(None),
-        Some(v) => coffer_crypto::b64::std_decode(v)
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .map(Some)
-            .ok_or_else(|| {
-                DomainError::InvalidProperty("Content-MD5 must be the base64 of 16 bytes".into())
-            }),
+/// The `Content-MD5` and `x-ms-content-crc64` a client sent with an upload (validated while
+/// the body streams).
+fn checksums(h: &HeaderMap) -> Result<Checksums, DomainError> {
+    fn decode<const N: usize>(h: &HeaderMap, name: &str) -> Result<Option<[u8; N]>, DomainError> {
+        match hv(h, name) {
+            None => Ok(None),
+            Some(v) => coffer_crypto::b64::std_decode(v)
+                .and_then(|b| <[u8; N]>::try_from(b).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    DomainError::InvalidProperty(format!("{name} must be the base64 of {N} bytes"))
+                }),
+        }
     }
+    if hv(h, "x-ms-structured-body").is_some() {
+        return Err(DomainError::InvalidProperty(
+            "structured message bodies (x-ms-structured-body) are not supported: send x-ms-content-crc64 or Content-MD5 with a plain body".into(),
+        ));
+    }
+    Ok(Checksums {
+        md5: decode::<16>(h, "content-md5")?,
+        crc64: decode::<8>(h, "x-ms-content-crc64")?,
+    })
 }
 
 /// Why a conditional request does not proceed.
@@ -1386,6 +1613,40 @@ fn max_results(q: &HashMap<String, String>) -> Result<usize, DomainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_properties_documents() {
+        let doc = b"<?xml version=\"1.0\"?><StorageServiceProperties><Cors/><DeleteRetentionPolicy><Enabled>true</Enabled><Days>7</Days></DeleteRetentionPolicy></StorageServiceProperties>";
+        let parts = parse_service_properties(doc).unwrap_or_default();
+        assert_eq!(
+            parts,
+            vec![
+                ("Cors".to_string(), "<Cors/>".to_string()),
+                (
+                    "DeleteRetentionPolicy".to_string(),
+                    "<DeleteRetentionPolicy><Enabled>true</Enabled><Days>7</Days></DeleteRetentionPolicy>".to_string()
+                ),
+            ]
+        );
+        let mut stored = serde_json::Map::new();
+        for (k, v) in parts {
+            stored.insert(k, serde_json::Value::String(v));
+        }
+        let out = render_service_properties(&stored);
+        assert!(out.contains("<Days>7</Days>") && out.contains("<Logging>"));
+        assert!(parse_service_properties(out.as_bytes()).is_ok());
+        for bad in [
+            &b"<StorageServiceProperties><Cors>"[..],
+            b"<Other/>",
+            b"<StorageServiceProperties><X/></StorageServiceProperties>",
+            b"<StorageServiceProperties>text</StorageServiceProperties>",
+            b"<StorageServiceProperties><Cors/><Cors/></StorageServiceProperties>",
+            b"<StorageServiceProperties/><StorageServiceProperties/>",
+            b"",
+        ] {
+            assert!(parse_service_properties(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn escapes() {

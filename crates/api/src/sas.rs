@@ -164,6 +164,8 @@ impl Grant {
         use BlobOp::*;
         let (perm, level, container, blob): (&str, char, Option<&str>, Option<&str>) = match op {
             ListContainers => ("l", 's', None, None),
+            GetServiceProperties => ("r", 's', None, None),
+            SetServiceProperties => ("w", 's', None, None),
             CreateContainer { container } => ("c", 'c', Some(container), None),
             GetContainer { container } => ("r", 'c', Some(container), None),
             DeleteContainer { container } => ("d", 'c', Some(container), None),

@@ -367,7 +367,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidRange
         | DomainError::InvalidXml(_)
         | DomainError::InvalidBlockList(_)
-        | DomainError::Md5Mismatch => {
+        | DomainError::Md5Mismatch
+        | DomainError::Crc64Mismatch => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
         DomainError::SubscriptionNotFound(_)

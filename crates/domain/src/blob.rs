@@ -233,6 +233,15 @@ pub enum BlockListKind {
     Latest,
 }
 
+/// Transfer checksums a client sent with an upload, checked against the received bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Checksums {
+    /// `Content-MD5`.
+    pub md5: Option<[u8; 16]>,
+    /// `x-ms-content-crc64` (little-endian, as the SDK sends it).
+    pub crc64: Option<[u8; 8]>,
+}
+
 /// Uncommitted blocks expire after 7 days, as in Azure.
 pub const STAGED_BLOCK_TTL: i64 = 7 * 86_400;
 /// Unreferenced objects younger than this are left alone (uploads in flight).
@@ -389,6 +398,45 @@ impl BlobService {
             .ok_or(DomainError::ContainerNotFound)
     }
 
+    /// Get Blob Service Properties: the stored sections (see `set_service_properties`).
+    pub async fn service_properties(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+    ) -> Result<serde_json::Map<String, serde_json::Value>> {
+        self.authorize(
+            auth,
+            acct,
+            "Microsoft.Storage/storageAccounts/blobServices/read",
+            ActionKind::Control,
+            None,
+        )
+        .await?;
+        self.mgmt.blob_service_properties(&acct.name).await
+    }
+
+    /// Set Blob Service Properties: sections are stored as sent and merged (a section not
+    /// sent keeps its value). This server does not act on them (no logging, metrics, CORS
+    /// or static website), which the documentation says.
+    pub async fn set_service_properties(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        sections: Vec<(String, String)>,
+    ) -> Result<()> {
+        self.authorize(
+            auth,
+            acct,
+            "Microsoft.Storage/storageAccounts/blobServices/write",
+            ActionKind::Control,
+            None,
+        )
+        .await?;
+        self.mgmt
+            .set_blob_service_properties(&acct.name, sections)
+            .await
+    }
+
     pub async fn list_containers(
         &self,
         auth: &BlobAuth,
@@ -445,7 +493,7 @@ impl BlobService {
         headers: ContentHeaders,
         meta: &[(String, String)],
         if_none_match_any: bool,
-        expected_md5: Option<[u8; 16]>,
+        expected: Checksums,
     ) -> Result<BlobRecord> {
         self.authorize(
             auth,
@@ -476,7 +524,7 @@ impl BlobService {
             ));
         }
         let (part, digest) = self
-            .write_object(acct, container, name, len, body, None, expected_md5)
+            .write_object(acct, container, name, len, body, None, expected)
             .await?;
         let now = self.clock.now();
         let rec = BlobRecord {
@@ -587,7 +635,7 @@ impl BlobService {
     }
 
     /// Encrypt `len` bytes from `body` into a new object; returns it, and the MD5 of the
-    /// plaintext, once durable. A mismatch with `expected_md5` discards the object.
+    /// plaintext, once durable. A mismatch with an `expected` checksum discards the object.
     #[allow(clippy::too_many_arguments)]
     async fn write_object(
         &self,
@@ -597,9 +645,12 @@ impl BlobService {
         len: u64,
         body: &mut dyn ByteSource,
         block_id: Option<String>,
-        expected_md5: Option<[u8; 16]>,
+        expected: Checksums,
     ) -> Result<(Part, [u8; 16])> {
         let mut md5 = coffer_crypto::checksum::Md5::new();
+        let mut crc = expected
+            .crc64
+            .map(|_| coffer_crypto::checksum::Crc64::new());
         let bytes = self.bytes_for(&acct.region)?;
         let object_id = new_object_id()?;
         let identity = ObjectIdentity {
@@ -627,6 +678,9 @@ impl BlobService {
                 ));
             }
             md5.update(&chunk);
+            if let Some(c) = crc.as_mut() {
+                c.update(&chunk);
+            }
             enc.update(&chunk, &mut out)?;
             if !out.is_empty() {
                 writer.write(&out).await?;
@@ -639,9 +693,14 @@ impl BlobService {
             ));
         }
         let digest = md5.finish();
-        if expected_md5.is_some_and(|e| e != digest) {
-            // Dropping the writer discards the object: nothing becomes visible.
+        // Dropping the writer discards the object: nothing becomes visible.
+        if expected.md5.is_some_and(|e| e != digest) {
             return Err(DomainError::Md5Mismatch);
+        }
+        if let (Some(want), Some(c)) = (expected.crc64, crc)
+            && c.finish() != want
+        {
+            return Err(DomainError::Crc64Mismatch);
         }
         enc.finish(&mut out)?;
         writer.write(&out).await?;
@@ -693,7 +752,7 @@ impl BlobService {
         block_id: &str,
         len: u64,
         body: &mut dyn ByteSource,
-        expected_md5: Option<[u8; 16]>,
+        expected: Checksums,
     ) -> Result<()> {
         self.authorize(
             auth,
@@ -726,7 +785,7 @@ impl BlobService {
                 len,
                 body,
                 Some(block_id.to_string()),
-                expected_md5,
+                expected,
             )
             .await?;
         let staged = StagedBlock {
@@ -982,7 +1041,15 @@ impl BlobService {
         }
         let mut source = ReaderSource(self.read(acct, &src, 0, src.size).await?);
         let (part, _) = self
-            .write_object(acct, container, name, src.size, &mut source, None, None)
+            .write_object(
+                acct,
+                container,
+                name,
+                src.size,
+                &mut source,
+                None,
+                Checksums::default(),
+            )
             .await?;
         let now = self.clock.now();
         let rec = BlobRecord {

@@ -62,6 +62,10 @@ pub enum DomainError {
         "The MD5 value specified in the request did not match the MD5 value calculated by the server."
     )]
     Md5Mismatch,
+    #[error(
+        "The CRC64 value specified in the request did not match the CRC64 value calculated by the server."
+    )]
+    Crc64Mismatch,
     #[error("The XML document is not valid: {0}")]
     InvalidXml(String),
     #[error("The specified block list is invalid: {0}")]

@@ -674,6 +674,47 @@ impl MgmtService {
     }
 }
 
+impl MgmtService {
+    async fn account_by_name(&self, name: &str) -> Result<Resource> {
+        self.store
+            .find_resources_by_name(STORAGE_TYPE, name)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: name.into(),
+            })
+    }
+
+    /// The stored Blob service properties sections of an account.
+    pub async fn blob_service_properties(&self, name: &str) -> Result<Map<String, Value>> {
+        let r = self.account_by_name(name).await?;
+        Ok(r.body["_blobService"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Merge Blob service properties sections into an account.
+    pub async fn set_blob_service_properties(
+        &self,
+        name: &str,
+        sections: Vec<(String, String)>,
+    ) -> Result<()> {
+        let _w = self.write_guard().await;
+        let mut r = self.account_by_name(name).await?;
+        if !r.body["_blobService"].is_object() {
+            r.body["_blobService"] = json!({});
+        }
+        for (k, v) in sections {
+            r.body["_blobService"][k] = json!(v);
+        }
+        self.store.put_resource(&r).await?;
+        Ok(())
+    }
+}
+
 /// `properties.encryption` of a create or update request.
 fn encryption_of<'a>(req: &Body<'a>) -> Result<Option<Body<'a>>> {
     match req.object("properties")? {
