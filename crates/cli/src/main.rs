@@ -51,7 +51,33 @@ enum Command {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
 }
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the stored audit log: every record against the hash chain, every checkpoint
+    /// against its signature. Exit code 0 when intact, 3 when not (the first bad record is
+    /// named), 1 on other errors. Reads the data directory directly (the server may run).
+    Verify {
+        /// The server's data directory.
+        #[arg(long, env = "COFFER_DATA_DIR", default_value = "coffer-data")]
+        data_dir: PathBuf,
+        /// The seal key file [default: DATA_DIR/seal.key].
+        #[arg(long, env = "COFFER_SEAL_KEY_FILE")]
+        seal_key_file: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Output,
+    },
+}
+
+/// Exit code of `coffer audit verify` for a log that is not intact.
+const EXIT_AUDIT_BROKEN: u8 = 3;
 
 #[derive(Subcommand)]
 enum SpCmd {
@@ -109,13 +135,46 @@ fn init_tracing(filter: &str) {
         .init();
 }
 
-async fn real_main() -> anyhow::Result<()> {
+async fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    data_dir,
+                    seal_key_file,
+                    output,
+                },
+        } => {
+            use coffer_domain::audit::chain::Verdict;
+            let key_file = seal_key_file.unwrap_or_else(|| data_dir.join("seal.key"));
+            match coffer_server::bootstrap::verify_audit(&data_dir, &key_file).await? {
+                Verdict::Intact {
+                    records,
+                    checkpoints,
+                    head_seq,
+                    head,
+                } => {
+                    print(
+                        output,
+                        &json!({"intact": true, "records": records, "checkpoints": checkpoints, "headSeq": head_seq, "head": head}),
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Verdict::Broken { seq, reason } => {
+                    print(
+                        output,
+                        &json!({"intact": false, "firstBadRecord": seq, "reason": reason}),
+                    );
+                    Ok(ExitCode::from(EXIT_AUDIT_BROKEN))
+                }
+            }
+        }
         Command::Server(args) => {
             let cfg = ServerConfig::resolve(*args)?;
             init_tracing(&cfg.log);
-            coffer_server::run(cfg).await
+            coffer_server::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sp {
             cmd: SpCmd::Create { name, client },
@@ -132,7 +191,7 @@ async fn real_main() -> anyhow::Result<()> {
                 "object_id": v["object_id"], "tenant_id": v["tenant_id"],
             });
             print(client.output, &out);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::User {
             cmd:
@@ -167,7 +226,7 @@ async fn real_main() -> anyhow::Result<()> {
                 out["password"] = json!(password);
             }
             print(client.output, &out);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -184,7 +243,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(real_main()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("coffer: {e:#}");
             ExitCode::FAILURE

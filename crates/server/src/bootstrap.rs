@@ -83,6 +83,35 @@ pub async fn unseal_signing_key(
         .map_err(|_| anyhow!("the signing key cannot be unsealed"))
 }
 
+/// The key that signs audit checkpoints, derived from the root key (never stored).
+pub fn audit_signer(root: &SealingKey) -> anyhow::Result<coffer_domain::audit::chain::Signer> {
+    let seed = root.derive("audit-checkpoint-ed25519")?;
+    coffer_domain::audit::chain::Signer::from_seed(seed.expose())
+        .ok_or_else(|| anyhow!("the audit checkpoint key cannot be derived"))
+}
+
+/// Verify the audit log of a data directory (the server may be running).
+pub async fn verify_audit(
+    data_dir: &Path,
+    seal_key_file: &Path,
+) -> anyhow::Result<coffer_domain::audit::chain::Verdict> {
+    let db = data_dir.join("coffer.db");
+    if !db.is_file() {
+        anyhow::bail!(
+            "{} is not a Coffer data directory (no coffer.db)",
+            data_dir.display()
+        );
+    }
+    let root = unseal(data_dir, seal_key_file)?;
+    let store = SqliteStore::open(&db).await.map_err(|e| anyhow!("{e}"))?;
+    let v = store
+        .verify_audit(&audit_signer(&root)?.public_key())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    store.close().await;
+    Ok(v)
+}
+
 pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
     prepare_data_dir(p.data_dir)?;
     let root = unseal(p.data_dir, p.seal_key_file)?;
@@ -91,6 +120,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
             .await
             .map_err(|e| anyhow!("{e}"))?,
     );
+    store.set_audit_signer(audit_signer(&root)?);
     let clock = Arc::new(if p.test_clock {
         Clock::shiftable()
     } else {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use coffer_domain::audit::{AuditRecord, AuditSink};
+use std::sync::{Arc, OnceLock};
+
+use coffer_domain::audit::{AuditRecord, AuditSink, chain};
 use coffer_domain::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
     RoleAssignment, StagedBlock, Subscription,
@@ -39,17 +41,35 @@ type AuditJob = (i64, String, tokio::sync::oneshot::Sender<Result<()>>);
 /// disk's small-write rate.
 struct AuditWriter {
     tx: tokio::sync::mpsc::Sender<AuditJob>,
+    signer: Arc<OnceLock<chain::Signer>>,
 }
 
 const AUDIT_BATCH: usize = 512;
 
+/// The chain head the next record links to.
+struct Head {
+    seq: i64,
+    hash: chain::Hash,
+}
+
 impl AuditWriter {
     fn start(pool: SqlitePool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<AuditJob>(4096);
+        let signer: Arc<OnceLock<chain::Signer>> = Arc::new(OnceLock::new());
+        let sign = signer.clone();
         tokio::spawn(async move {
+            let mut head = None;
             let mut batch = Vec::with_capacity(AUDIT_BATCH);
             while rx.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
-                let result = Self::commit(&pool, &batch).await;
+                let result = match &head {
+                    Some(_) => Ok(()),
+                    None => Self::load_head(&pool).await.map(|h| head = Some(h)),
+                };
+                let result = match (result, head.as_mut()) {
+                    (Ok(()), Some(h)) => Self::commit(&pool, &batch, h, sign.get()).await,
+                    (Err(e), _) => Err(e),
+                    (Ok(()), None) => Err(sqlx::Error::Protocol("audit head".into())),
+                };
                 for (_, _, done) in batch.drain(..) {
                     let _ = done.send(match &result {
                         Ok(()) => Ok(()),
@@ -58,24 +78,72 @@ impl AuditWriter {
                 }
             }
         });
-        Self { tx }
+        Self { tx, signer }
     }
 
-    /// One statement per batch (a JSON array expanded by `json_each`): one round trip to
-    /// SQLite's worker thread and one fsync.
-    async fn commit(pool: &SqlitePool, batch: &[AuditJob]) -> std::result::Result<(), sqlx::Error> {
-        let rows: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|(time, data, _)| serde_json::json!([time, data]))
-            .collect();
+    async fn load_head(pool: &SqlitePool) -> std::result::Result<Head, sqlx::Error> {
+        let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+        Ok(match row {
+            None => Head {
+                seq: 0,
+                hash: chain::GENESIS,
+            },
+            Some(r) => Head {
+                seq: r.get("seq"),
+                // Records from before chaining: the chain starts after them.
+                hash: r
+                    .get::<Option<String>, _>("hash")
+                    .and_then(|h| hex_hash(&h))
+                    .unwrap_or(chain::GENESIS),
+            },
+        })
+    }
+
+    /// One statement per batch (a JSON array expanded by `json_each`) and its checkpoint, in
+    /// one transaction: one round trip to SQLite's worker thread and one fsync.
+    async fn commit(
+        pool: &SqlitePool,
+        batch: &[AuditJob],
+        head: &mut Head,
+        signer: Option<&chain::Signer>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let (mut seq, mut hash) = (head.seq, head.hash);
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut last_time = 0;
+        for (time, data, _) in batch {
+            seq += 1;
+            hash = chain::link(&hash, seq, *time, data);
+            last_time = *time;
+            rows.push(serde_json::json!([seq, time, data, hex::encode(hash)]));
+        }
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO audit (time, data) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) ORDER BY key",
+            "INSERT INTO audit (seq, time, data, hash) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?) ORDER BY key",
         )
         .bind(serde_json::Value::Array(rows).to_string())
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+        if let Some(s) = signer {
+            sqlx::query("INSERT INTO audit_checkpoint (seq, hash, time, sig) VALUES (?, ?, ?, ?)")
+                .bind(seq)
+                .bind(hex::encode(hash))
+                .bind(last_time)
+                .bind(hex::encode(s.sign(seq, &hash, last_time)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        *head = Head { seq, hash };
         Ok(())
     }
+}
+
+fn hex_hash(h: &str) -> Option<chain::Hash> {
+    hex::decode(h)
+        .ok()
+        .and_then(|b| <chain::Hash>::try_from(b).ok())
 }
 
 fn db_err(e: sqlx::Error) -> DomainError {
@@ -129,6 +197,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("staged blocks"),
             MigrationType::Simple,
             include_str!("../migrations/0005_staged_blocks.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            6,
+            Cow::Borrowed("audit chain"),
+            MigrationType::Simple,
+            include_str!("../migrations/0006_audit_chain.sql").into_sql_str(),
             false,
         ),
     ])
@@ -950,6 +1025,40 @@ impl SqliteStore {
     pub async fn audit_records(&self) -> Result<Vec<serde_json::Value>> {
         self.fetch_all_data(sqlx::query("SELECT data FROM audit ORDER BY seq"))
             .await
+    }
+
+    /// Sign a checkpoint after every audit batch from now on (set once, at start-up, with the
+    /// key derived from the root key).
+    pub fn set_audit_signer(&self, signer: chain::Signer) {
+        let _ = self.audit.signer.set(signer);
+    }
+
+    /// Check the stored audit log against the checkpoint key (see `chain::verify`).
+    pub async fn verify_audit(&self, public_key: &[u8]) -> Result<chain::Verdict> {
+        let cps = sqlx::query("SELECT seq, hash, time, sig FROM audit_checkpoint ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| chain::Checkpoint {
+                seq: r.get("seq"),
+                hash: r.get("hash"),
+                time: r.get("time"),
+                sig: hex::decode(r.get::<&str, _>("sig")).unwrap_or_default(),
+            })
+            .collect::<Vec<_>>();
+        let rows = sqlx::query("SELECT seq, time, data, hash FROM audit ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| chain::Row {
+                seq: r.get("seq"),
+                time: r.get("time"),
+                data: r.get("data"),
+                hash: r.get("hash"),
+            });
+        Ok(chain::verify(rows, &cps, public_key))
     }
 }
 
