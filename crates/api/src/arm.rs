@@ -171,6 +171,8 @@ pub enum ArmOp {
     AdminCreateServicePrincipal,
     AdminCreateUser,
     AdminAdvanceClock,
+    AdminFaults,
+    AdminAudit,
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -233,6 +235,8 @@ impl ArmOp {
             }
             ["coffer", "admin", "users"] if post => Some(Self::AdminCreateUser),
             ["coffer", "admin", "clock"] if post => Some(Self::AdminAdvanceClock),
+            ["coffer", "admin", "faults"] if post => Some(Self::AdminFaults),
+            ["coffer", "admin", "audit"] if get => Some(Self::AdminAudit),
             [p, ns, a, alias]
                 if eq(p, "providers") && eq(ns, "Microsoft.Subscription") && eq(a, "aliases") =>
             {
@@ -467,6 +471,8 @@ impl ArmOp {
             AdminCreateServicePrincipal => "Coffer/servicePrincipals/write".into(),
             AdminCreateUser => "Coffer/users/write".into(),
             AdminAdvanceClock => "Coffer/clock/action".into(),
+            AdminFaults => "Coffer/faults/action".into(),
+            AdminAudit => "Coffer/audit/read".into(),
         }
     }
 
@@ -544,9 +550,11 @@ impl ArmOp {
                 format!("/providers/Microsoft.Subscription/aliases/{alias}")
             }
             ListSubscriptions => "/subscriptions".into(),
-            AdminCreateServicePrincipal | AdminCreateUser | AdminAdvanceClock => {
-                "/coffer/admin".into()
-            }
+            AdminCreateServicePrincipal
+            | AdminCreateUser
+            | AdminAdvanceClock
+            | AdminFaults
+            | AdminAudit => "/coffer/admin".into(),
         }
     }
 }
@@ -723,6 +731,8 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         Err(e) => return unauthorized(&state, e, &request_id),
     };
     let query = query_map(req.uri());
+    let request_uri: String = req.uri().path().chars().take(512).collect();
+    let client_info = crate::user_agent(req.headers());
     let Some(op) = ArmOp::parse(&method, req.uri().path()) else {
         let path: String = req.uri().path().chars().take(200).collect();
         return arm_error(
@@ -765,6 +775,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             | ArmOp::AdminCreateServicePrincipal
             | ArmOp::AdminCreateUser
             | ArmOp::AdminAdvanceClock
+            | ArmOp::AdminFaults
     );
     let body: Value = if needs_body {
         match serde_json::from_slice::<Value>(&bytes) {
@@ -791,8 +802,41 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     };
     let start = std::time::Instant::now();
     // Moving the test clock runs due work, which takes the write lock itself where it writes.
-    let is_write =
-        method != Method::GET && method != Method::HEAD && !matches!(op, ArmOp::AdminAdvanceClock);
+    // Test hooks (clock, faults) are neither locked nor audited: a test turns audit failure
+    // off again with them.
+    let is_write = method != Method::GET
+        && method != Method::HEAD
+        && !matches!(op, ArmOp::AdminAdvanceClock | ArmOp::AdminFaults);
+    let mut rec = AuditRecord {
+        time: state.clock.now(),
+        resource_id: op.resource_id(),
+        operation_name: op.operation_name(),
+        caller_ip_address: ip,
+        identity: AuditIdentity {
+            tid: caller.tenant_id.clone(),
+            oid: caller.object_id.clone(),
+            appid: caller.app_id.clone(),
+            ..Default::default()
+        },
+        request_id: request_id.clone(),
+        correlation_id: request_id.clone(),
+        properties: json!({"requestUri": request_uri, "clientInfo": client_info}),
+        ..Default::default()
+    };
+    // A write is recorded as started before it runs: if the log cannot take it, nothing
+    // happens (fail closed).
+    if is_write {
+        rec.result_type = "Started".into();
+        if let Err(e) = state.audit.record(&rec).await {
+            tracing::error!(error = %e, "audit write failed");
+            return arm_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AuditUnavailable",
+                "The operation was not performed because it could not be audited.",
+                &request_id,
+            );
+        }
+    }
     let guard = if is_write {
         Some(state.mgmt.write_guard().await)
     } else {
@@ -802,27 +846,16 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     drop(guard);
     let status = resp.status();
     if is_write || status == StatusCode::FORBIDDEN {
-        let rec = AuditRecord {
-            time: state.clock.now(),
-            resource_id: op.resource_id(),
-            operation_name: op.operation_name(),
-            result_type: if status.is_success() {
-                "Success"
-            } else {
-                "Failure"
-            }
-            .into(),
-            result_signature: status.as_u16(),
-            caller_ip_address: ip,
-            identity: AuditIdentity {
-                tid: caller.tenant_id.clone(),
-                oid: caller.object_id.clone(),
-                appid: caller.app_id.clone(),
-            },
-            request_id: request_id.clone(),
-            correlation_id: request_id.clone(),
-            message: format!("{} in {} ms", status.as_u16(), start.elapsed().as_millis()),
-        };
+        rec.time = state.clock.now();
+        rec.result_type = if status.is_success() {
+            "Success"
+        } else {
+            "Failure"
+        }
+        .into();
+        rec.result_signature = status.as_u16();
+        rec.duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        rec.message = format!("{} in {} ms", status.as_u16(), rec.duration_ms);
         if let Err(e) = state.audit.record(&rec).await {
             tracing::error!(error = %e, "audit write failed");
             return arm_error(
@@ -833,7 +866,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             );
         }
     }
-    resp
+    crate::named(resp, rec.operation_name)
 }
 
 fn put_response(p: Put, request_id: &str) -> Response {
@@ -1077,6 +1110,8 @@ async fn execute(
             }
             ArmOp::AdminCreateServicePrincipal => admin_create_sp(state, caller, body, rid).await?,
             ArmOp::AdminCreateUser => admin_create_user(state, caller, body, rid).await?,
+            ArmOp::AdminFaults => admin_faults(state, caller, body, rid)?,
+            ArmOp::AdminAudit => admin_audit(state, caller, query, rid).await?,
             ArmOp::AdminAdvanceClock => {
                 let r = admin_clock(state, caller, body, rid)?;
                 if r.status().is_success() {
@@ -1153,6 +1188,137 @@ async fn admin_create_user(
     Ok(respond(
         StatusCode::CREATED,
         Some(&json!({"username": p.username, "object_id": p.object_id, "tenant_id": p.tenant_id})),
+        rid,
+    ))
+}
+
+fn admin_faults(
+    state: &AppState,
+    caller: &Caller,
+    body: &Value,
+    rid: &str,
+) -> Result<Response, DomainError> {
+    if !state.clock.is_shiftable() {
+        return Ok(arm_error(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            "Fault injection is only enabled with --test-clock.",
+            rid,
+        ));
+    }
+    require_admin(caller, "Coffer/faults/action")?;
+    let fail = body
+        .get("auditFails")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| DomainError::InvalidProperty("auditFails (boolean) is required".into()))?;
+    state
+        .faults
+        .audit_fails
+        .store(fail, std::sync::atomic::Ordering::Relaxed);
+    Ok(respond(
+        StatusCode::OK,
+        Some(&json!({"auditFails": fail})),
+        rid,
+    ))
+}
+
+/// `GET /coffer/admin/audit`: audit records, oldest first, filtered by `from`/`to` (RFC 3339
+/// or Unix seconds), `resourceId` (that resource and everything below it), `operation`,
+/// `caller` (object id, application id or sign-in name), `result`, `correlationId`; paged by
+/// `afterSeq` and `top` (at most 10000). `format=jsonl` answers JSON Lines (export).
+async fn admin_audit(
+    state: &AppState,
+    caller: &Caller,
+    query: &HashMap<String, String>,
+    rid: &str,
+) -> Result<Response, DomainError> {
+    require_admin(caller, "Coffer/audit/read")?;
+    let time = |k: &str| -> Result<Option<i64>, DomainError> {
+        let Some(v) = query.get(&k.to_ascii_lowercase()) else {
+            return Ok(None);
+        };
+        if let Ok(n) = v.parse::<i64>() {
+            return Ok(Some(n));
+        }
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .map(|t| Some(t.unix_timestamp()))
+            .map_err(|_| {
+                DomainError::InvalidProperty(format!(
+                    "{k} must be an RFC 3339 time or Unix seconds"
+                ))
+            })
+    };
+    let text = |k: &str| {
+        query
+            .get(&k.to_ascii_lowercase())
+            .filter(|v| !v.is_empty())
+            .map(|v| v.chars().take(1024).collect::<String>())
+    };
+    let top = match query.get("top").or_else(|| query.get("$top")) {
+        None => 1000,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| {
+                DomainError::InvalidProperty("top must be between 1 and 10000".into())
+            })?,
+    };
+    let after = match query.get("afterseq") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .map_err(|_| DomainError::InvalidProperty("afterSeq must be an integer".into()))?,
+        ),
+    };
+    let f = coffer_domain::audit::AuditFilter {
+        from: time("from")?,
+        to: time("to")?,
+        resource: text("resourceId"),
+        operation: text("operation"),
+        caller: text("caller"),
+        result: text("result"),
+        correlation: text("correlationId"),
+        after,
+        limit: top,
+    };
+    let records = state.audit.query(&f).await?;
+    if query
+        .get("format")
+        .is_some_and(|f| f.eq_ignore_ascii_case("jsonl"))
+    {
+        let mut out = String::new();
+        for r in &records {
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+            .header("x-ms-request-id", rid)
+            .body(axum::body::Body::from(out))
+            .unwrap_or_default());
+    }
+    let next = (records.len() == top)
+        .then(|| records.last().and_then(|r| r["seq"].as_i64()))
+        .flatten()
+        .map(|s| {
+            let mut q: Vec<(String, String)> = query
+                .iter()
+                .filter(|(k, _)| k.as_str() != "afterseq")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            q.push(("afterSeq".into(), s.to_string()));
+            q.sort();
+            format!(
+                "{}/coffer/admin/audit?{}",
+                state.endpoints.origin,
+                serde_urlencoded::to_string(&q).unwrap_or_default()
+            )
+        });
+    Ok(respond(
+        StatusCode::OK,
+        Some(&json!({"value": records, "nextLink": next})),
         rid,
     ))
 }

@@ -333,6 +333,30 @@ pub enum BlobOp {
 }
 
 impl BlobOp {
+    /// Azure Storage's operation name (as in its request logs).
+    pub fn operation_name(&self) -> &'static str {
+        match self {
+            BlobOp::ListContainers => "ListContainers",
+            BlobOp::GetServiceProperties => "GetBlobServiceProperties",
+            BlobOp::SetServiceProperties => "SetBlobServiceProperties",
+            BlobOp::CreateContainer { .. } => "CreateContainer",
+            BlobOp::GetContainer { .. } => "GetContainerProperties",
+            BlobOp::DeleteContainer { .. } => "DeleteContainer",
+            BlobOp::ListBlobs { .. } => "ListBlobs",
+            BlobOp::PutBlob { .. } => "PutBlob",
+            BlobOp::GetBlob { .. } => "GetBlob",
+            BlobOp::HeadBlob { .. } => "GetBlobProperties",
+            BlobOp::DeleteBlob { .. } => "DeleteBlob",
+            BlobOp::PutBlock { .. } => "PutBlock",
+            BlobOp::SetBlobMetadata { .. } => "SetBlobMetadata",
+            BlobOp::GetBlobMetadata { .. } => "GetBlobMetadata",
+            BlobOp::SetBlobProperties { .. } => "SetBlobProperties",
+            BlobOp::SetContainerMetadata { .. } => "SetContainerMetadata",
+            BlobOp::PutBlockList { .. } => "PutBlockList",
+            BlobOp::GetBlockList { .. } => "GetBlockList",
+        }
+    }
+
     /// `segments`: decoded path segments after the account.
     pub fn parse(
         method: &Method,
@@ -566,8 +590,64 @@ fn auth_of(h: &HeaderMap) -> Auth {
     }
 }
 
+/// What a request turned out to be, for its audit record.
+#[derive(Default)]
+struct Seen {
+    operation: &'static str,
+    account_id: String,
+    identity: coffer_domain::audit::AuditIdentity,
+}
+
+/// Every Blob request is audited: queued for the log's next group commit before the response
+/// is sent (the request does not wait for the fsync; a log that cannot take records fails it).
 pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     let rid = coffer_crypto::random::uuid().unwrap_or_default();
+    let start = std::time::Instant::now();
+    let ip = crate::peer_ip(&req);
+    let client_info = crate::user_agent(req.headers());
+    let request_uri: String = req.uri().path().chars().take(512).collect();
+    let mut seen = Seen::default();
+    let resp = serve(&state, req, &rid, &mut seen).await;
+    let status = resp.status();
+    let rec = coffer_domain::audit::AuditRecord {
+        time: state.clock.now(),
+        resource_id: seen.account_id,
+        operation_name: if seen.operation.is_empty() {
+            "BlobRequest"
+        } else {
+            seen.operation
+        }
+        .into(),
+        result_type: if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            "Success"
+        } else {
+            "Failure"
+        }
+        .into(),
+        result_signature: status.as_u16(),
+        caller_ip_address: ip,
+        identity: seen.identity,
+        request_id: rid.clone(),
+        correlation_id: rid.clone(),
+        duration_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        properties: serde_json::json!({"requestUri": request_uri, "clientInfo": client_info}),
+        ..Default::default()
+    };
+    if let Err(e) = state.audit.record_queued(&rec).await {
+        tracing::error!(error = %e, "audit write failed");
+        return error_with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServerBusy",
+            "The request could not be audited.",
+            &rid,
+        );
+    }
+    crate::named(resp, rec.operation_name)
+}
+
+async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) -> Response {
+    let rid = rid.to_string();
+    let state = state.clone();
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -618,6 +698,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
     let method = req.method().clone();
+    seen.account_id = format!("storage:{account}");
     let Some(op) = BlobOp::parse(&method, container.as_deref(), blob.as_deref(), &q) else {
         return error_with(
             StatusCode::BAD_REQUEST,
@@ -626,6 +707,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             &rid,
         );
     };
+    seen.operation = op.operation_name();
 
     // Authenticate.
     let auth = match auth_of(req.headers()) {
@@ -669,10 +751,16 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
                     &rid,
                 );
             }
+            seen.identity.upn = "account key".into();
             BlobAuth::SharedKey
         }
         Auth::Bearer(token) => match state.identity.authenticate(&token, Plane::Storage).await {
-            Ok(c) => BlobAuth::Token(c),
+            Ok(c) => {
+                seen.identity.tid = c.tenant_id.clone();
+                seen.identity.oid = c.object_id.clone();
+                seen.identity.appid = c.app_id.clone();
+                BlobAuth::Token(c)
+            }
             Err(e) => {
                 return unauthorized(
                     &state,
@@ -696,7 +784,10 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
                 now(),
                 peer,
             ) {
-                Ok(grant) if grant.allows(&op) => BlobAuth::SharedKey,
+                Ok(grant) if grant.allows(&op) => {
+                    seen.identity.upn = "SAS".into();
+                    BlobAuth::SharedKey
+                }
                 Ok(_) => {
                     return error_with(
                         StatusCode::FORBIDDEN,
@@ -718,10 +809,11 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             );
         }
     };
-    let acct = match state.blob.account(&account).await {
+    let acct = match state.blob.account(&account, &rid).await {
         Ok(a) => a,
         Err(e) => return domain_error(&e, &rid),
     };
+    seen.account_id = acct.id.clone();
     if matches!(auth, BlobAuth::SharedKey) && !acct.allow_shared_key {
         return error_with(
             StatusCode::FORBIDDEN,

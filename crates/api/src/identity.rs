@@ -99,6 +99,17 @@ fn tenant_not_found(tenant: &str) -> Response {
 }
 
 pub async fn handle(state: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
+    let name = match &ep {
+        Endpoint::OpenIdConfiguration { .. } => "OpenIdConfiguration",
+        Endpoint::Token { .. } => "Token",
+        Endpoint::Jwks { .. } => "Jwks",
+        Endpoint::InstanceDiscovery => "InstanceDiscovery",
+        Endpoint::CloudMetadata => "CloudMetadata",
+    };
+    crate::named(serve(state, ep, req).await, name)
+}
+
+async fn serve(state: Arc<AppState>, ep: Endpoint, req: Request) -> Response {
     let origin = state.endpoints.origin.clone();
     match ep {
         Endpoint::CloudMetadata => json_response(StatusCode::OK, &cloud_metadata(&state)),
@@ -343,10 +354,12 @@ async fn token(state: Arc<AppState>, tenant: String, req: Request) -> Response {
             tid: state.identity.tenant_id().into(),
             oid: String::new(),
             appid: client_id.chars().take(64).collect(),
+            ..Default::default()
         },
         request_id: coffer_crypto::random::uuid().unwrap_or_default(),
         correlation_id: String::new(),
         message,
+        ..Default::default()
     };
     if let Err(e) = state.audit.record(&rec).await {
         tracing::error!(error = %e, "audit write failed; refusing the sign-in");

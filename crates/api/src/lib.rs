@@ -24,6 +24,7 @@ pub mod arm;
 pub mod blob;
 pub mod body;
 pub mod identity;
+pub mod metrics;
 pub mod ops;
 pub mod sas;
 pub mod sharedkey;
@@ -107,11 +108,80 @@ pub struct AppState {
     pub audit: Arc<dyn AuditSink>,
     pub clock: Arc<Clock>,
     pub endpoints: Endpoints,
+    /// Faults a test can inject (only on a server started with --test-clock).
+    pub faults: Arc<Faults>,
+    /// Seconds audit records are kept (None: forever).
+    pub audit_retention: Option<i64>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// Injected faults, for tests of failure behaviour.
+#[derive(Default)]
+pub struct Faults {
+    pub audit_fails: std::sync::atomic::AtomicBool,
+}
+
+/// The audit sink every protocol writes through: the store's, unless a test made it fail.
+pub struct GuardedAudit {
+    pub inner: Arc<dyn AuditSink>,
+    pub faults: Arc<Faults>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl GuardedAudit {
+    fn check(&self) -> coffer_domain::Result<()> {
+        self.metrics.audit_records.inc();
+        if self
+            .faults
+            .audit_fails
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.metrics.audit_failures.inc();
+            return Err(coffer_domain::DomainError::Internal(
+                "the audit log is unavailable (injected fault)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for GuardedAudit {
+    async fn record(&self, rec: &coffer_domain::audit::AuditRecord) -> coffer_domain::Result<()> {
+        self.check()?;
+        self.inner.record(rec).await
+    }
+    async fn record_queued(
+        &self,
+        rec: &coffer_domain::audit::AuditRecord,
+    ) -> coffer_domain::Result<()> {
+        self.check()?;
+        self.inner.record_queued(rec).await
+    }
+    async fn query(
+        &self,
+        f: &coffer_domain::audit::AuditFilter,
+    ) -> coffer_domain::Result<Vec<serde_json::Value>> {
+        self.inner.query(f).await
+    }
+    async fn prune(&self, before: i64) -> coffer_domain::Result<u64> {
+        self.inner.prune(before).await
+    }
 }
 
 /// The client's address, attached to each request by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The client's `User-Agent` for audit records (clipped; never a secret).
+pub fn user_agent(h: &http::HeaderMap) -> String {
+    h.get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(256)
+        .collect()
+}
 
 pub fn peer_ip(req: &Request) -> String {
     req.extensions()
@@ -132,27 +202,58 @@ fn host_of(req: &Request) -> String {
 /// The main listener: routes by `Host` to a vault, else by path to identity, management,
 /// admin and ops.
 pub async fn main_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let start = std::time::Instant::now();
+    let metrics = state.metrics.clone();
+    let (plane, resp) = route_main(state, req).await;
+    record(&metrics, plane, &resp, start);
+    resp
+}
+
+async fn route_main(state: Arc<AppState>, req: Request) -> (&'static str, Response) {
     let host = host_of(&req);
     if let Some(vault) = state
         .endpoints
         .vault_name_of_host(&host)
         .map(str::to_string)
     {
-        return vault::handle(state, vault, req).await;
+        return ("vault", vault::handle(state, vault, req).await);
     }
     let path = req.uri().path().to_string();
+    if path == "/metrics" && req.method() == http::Method::GET {
+        let headers = req.headers().clone();
+        return ("ops", ops::metrics(&state, &headers).await);
+    }
     if let Some(resp) = ops::route(&state, &req, &path) {
-        return resp;
+        return ("ops", resp);
     }
     if let Some(endpoint) = identity::Endpoint::parse(req.method(), &path) {
-        return identity::handle(state, endpoint, req).await;
+        return ("identity", identity::handle(state, endpoint, req).await);
     }
-    arm::handle(state, req).await
+    ("management", arm::handle(state, req).await)
+}
+
+fn record(m: &metrics::Metrics, plane: &'static str, resp: &Response, start: std::time::Instant) {
+    let op = resp
+        .extensions()
+        .get::<metrics::OpName>()
+        .map(|o| o.0.as_str())
+        .unwrap_or("unknown");
+    m.request(plane, op, resp.status().as_u16(), start.elapsed());
+}
+
+/// Name the operation a response answered (for the request metrics).
+pub(crate) fn named(mut resp: Response, op: impl Into<String>) -> Response {
+    resp.extensions_mut().insert(metrics::OpName(op.into()));
+    resp
 }
 
 /// The blob listener: host-style or path-style accounts.
 pub async fn blob_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    blob::handle(state, req).await
+    let start = std::time::Instant::now();
+    let metrics = state.metrics.clone();
+    let resp = blob::handle(state, req).await;
+    record(&metrics, "blob", &resp, start);
+    resp
 }
 
 /// Due background work: purge soft-deleted vaults and keys past their date, rotate keys whose
@@ -171,6 +272,13 @@ pub async fn run_due_work(state: &AppState) {
         ),
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "blob garbage collection failed"),
+    }
+    if let Some(keep) = state.audit_retention {
+        match state.audit.prune(state.clock.now() - keep).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "audit retention"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "audit retention failed"),
+        }
     }
     if let Err(e) = state.mgmt.cmk_poll_due().await {
         tracing::error!(error = %e, "customer-managed key poll failed");

@@ -245,6 +245,22 @@ impl KvOp {
         }
     }
 
+    /// Whether the operation changes state (audited as started before it runs).
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            KvOp::Create { .. }
+                | KvOp::Import { .. }
+                | KvOp::Update { .. }
+                | KvOp::Delete { .. }
+                | KvOp::Restore
+                | KvOp::Rotate { .. }
+                | KvOp::SetPolicy { .. }
+                | KvOp::Purge { .. }
+                | KvOp::Recover { .. }
+        )
+    }
+
     fn key_name(&self) -> Option<&str> {
         match self {
             KvOp::Create { name }
@@ -441,6 +457,8 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
     };
     let ip = peer_ip(&req);
     let query = query_map(req.uri());
+    let request_uri: String = req.uri().path().chars().take(512).collect();
+    let client_info = crate::user_agent(req.headers());
     match query.get("api-version") {
         None => {
             return kv_error(
@@ -514,44 +532,61 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
     };
     let start = std::time::Instant::now();
     let vault = state.keyvault.vault(&vault_host).await;
-    let (resp, key_id) = match &vault {
-        Ok(v) => execute(&state, &caller, v, &op, &body, &query, &rid).await,
-        Err(e) => (domain_error(e, &rid), String::new()),
-    };
-    let status = resp.status();
-    let rec = AuditRecord {
+    let mut rec = AuditRecord {
         time: state.clock.now(),
         resource_id: vault
             .as_ref()
             .map(|v| v.id.clone())
             .unwrap_or_else(|_| format!("vault:{vault_host}")),
         operation_name: op.operation_name().into(),
-        result_type: if status.is_success() {
-            "Success"
-        } else {
-            "Failure"
-        }
-        .into(),
-        result_signature: status.as_u16(),
         caller_ip_address: ip,
         identity: AuditIdentity {
             tid: caller.tenant_id.clone(),
             oid: caller.object_id.clone(),
             appid: caller.app_id.clone(),
+            ..Default::default()
         },
         request_id: rid.clone(),
         correlation_id: rid.clone(),
-        message: format!(
-            "{} {} in {} ms",
-            status.as_u16(),
-            if key_id.is_empty() {
-                op.key_name().unwrap_or("").to_string()
-            } else {
-                key_id
-            },
-            start.elapsed().as_millis()
-        ),
+        ..Default::default()
     };
+    // A change is recorded as started before it runs: if the log cannot take it, nothing
+    // happens (fail closed).
+    if op.is_write() && vault.is_ok() {
+        rec.result_type = "Started".into();
+        rec.properties = json!({"requestUri": request_uri, "clientInfo": client_info});
+        if let Err(e) = state.audit.record(&rec).await {
+            tracing::error!(error = %e, "audit write failed");
+            return kv_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The operation was not performed because it could not be audited.",
+                None,
+                &rid,
+            );
+        }
+    }
+    let (resp, key_id) = match &vault {
+        Ok(v) => execute(&state, &caller, v, &op, &body, &query, &rid).await,
+        Err(e) => (domain_error(e, &rid), String::new()),
+    };
+    let status = resp.status();
+    rec.time = state.clock.now();
+    rec.result_type = if status.is_success() {
+        "Success"
+    } else {
+        "Failure"
+    }
+    .into();
+    rec.result_signature = status.as_u16();
+    rec.duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let id = if key_id.is_empty() {
+        op.key_name().unwrap_or("").to_string()
+    } else {
+        key_id
+    };
+    rec.message = format!("{} {id} in {} ms", status.as_u16(), rec.duration_ms);
+    rec.properties = json!({"id": id, "requestUri": request_uri, "clientInfo": client_info});
     if let Err(e) = state.audit.record(&rec).await {
         tracing::error!(error = %e, "audit write failed");
         return kv_error(
@@ -562,7 +597,17 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
             &rid,
         );
     }
-    resp
+    if let Ok(v) = &vault {
+        let alg = body.get("alg").and_then(Value::as_str).unwrap_or("");
+        state.metrics.vault_op(
+            &v.name,
+            op.key_name().unwrap_or(""),
+            op.operation_name(),
+            alg,
+            status.is_success(),
+        );
+    }
+    crate::named(resp, op.operation_name())
 }
 
 // ---- rendering ---------------------------------------------------------------------------

@@ -82,6 +82,26 @@ impl AdminClient {
         })
     }
 
+    /// GET `path` with query pairs; the body as text (JSON or JSON Lines).
+    pub async fn get_text(&self, path: &str, query: &[(String, String)]) -> anyhow::Result<String> {
+        let qs = serde_urlencoded::to_string(query)?;
+        let resp = self
+            .http
+            .get(format!("{}{path}?{qs}", self.management))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = String::from_utf8(resp.bytes().await?.to_vec())?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let code = v["error"]["code"].as_str().unwrap_or("Error");
+            let msg = v["error"]["message"].as_str().unwrap_or("request failed");
+            bail!("({code}) {msg}");
+        }
+        Ok(text)
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self
             .http

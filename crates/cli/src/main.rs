@@ -58,8 +58,75 @@ enum Command {
     },
 }
 
+/// Filters shared by `audit list` and `audit export`.
+#[derive(clap::Args)]
+struct AuditFilterArgs {
+    /// Records at or after this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    from: Option<String>,
+    /// Records at or before this time (RFC 3339 or Unix seconds).
+    #[arg(long)]
+    to: Option<String>,
+    /// A resource id: records of it and of everything below it (a vault's keys, an account's blobs).
+    #[arg(long)]
+    resource: Option<String>,
+    /// Operation name (KeyUnwrap, PutBlob, Microsoft.Storage/storageAccounts/write, ...).
+    #[arg(long)]
+    operation: Option<String>,
+    /// Caller: object id, application id or sign-in name.
+    #[arg(long)]
+    caller: Option<String>,
+    /// Success, Failure or Started.
+    #[arg(long)]
+    result: Option<String>,
+    /// Correlation id (a blob request and the vault calls it caused share one).
+    #[arg(long)]
+    correlation_id: Option<String>,
+}
+
+impl AuditFilterArgs {
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        for (k, v) in [
+            ("from", &self.from),
+            ("to", &self.to),
+            ("resourceId", &self.resource),
+            ("operation", &self.operation),
+            ("caller", &self.caller),
+            ("result", &self.result),
+            ("correlationId", &self.correlation_id),
+        ] {
+            if let Some(v) = v {
+                q.push((k.to_string(), v.clone()));
+            }
+        }
+        q
+    }
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
+    /// List audit records (oldest first) from the running server, as a JSON array.
+    ///
+    /// Example: coffer audit list --operation KeyUnwrap --from 2026-11-29T00:00:00Z --top 50
+    List {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        top: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Export every matching record as JSON Lines (one record per line) to standard output.
+    ///
+    /// Example: coffer audit export --resource /subscriptions/S/resourceGroups/rg1 > audit.jsonl
+    Export {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Check the stored audit log: every record against the hash chain, every checkpoint
     /// against its signature. Exit code 0 when intact, 3 when not (the first bad record is
     /// named), 1 on other errors. Reads the data directory directly (the server may run).
@@ -138,6 +205,54 @@ fn init_tracing(filter: &str) {
 async fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Audit {
+            cmd:
+                AuditCmd::List {
+                    filter,
+                    top,
+                    client,
+                },
+        } => {
+            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let mut q = filter.pairs();
+            q.push(("top".into(), top.clamp(1, 10_000).to_string()));
+            let v: Value = serde_json::from_str(&c.get_text("/coffer/admin/audit", &q).await?)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v["value"]).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            cmd: AuditCmd::Export { filter, client },
+        } => {
+            use std::io::Write;
+            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let mut after: Option<i64> = None;
+            let mut stdout = std::io::stdout().lock();
+            loop {
+                let mut q = filter.pairs();
+                q.push(("top".into(), "10000".into()));
+                q.push(("format".into(), "jsonl".into()));
+                if let Some(a) = after {
+                    q.push(("afterSeq".into(), a.to_string()));
+                }
+                let text = c.get_text("/coffer/admin/audit", &q).await?;
+                let mut n = 0;
+                for line in text.lines().filter(|l| !l.is_empty()) {
+                    writeln!(stdout, "{line}")?;
+                    n += 1;
+                    after = serde_json::from_str::<Value>(line)
+                        .ok()
+                        .and_then(|v| v["seq"].as_i64())
+                        .or(after);
+                }
+                if n < 10_000 {
+                    break;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             cmd:
                 AuditCmd::Verify {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::Result;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub time: i64,
@@ -20,6 +20,12 @@ pub struct AuditRecord {
     pub request_id: String,
     pub correlation_id: String,
     pub message: String,
+    /// Time the operation took, in milliseconds.
+    pub duration_ms: u64,
+    /// Operation details: the key or blob acted on, the request path, the client's user agent.
+    /// Never secrets.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub properties: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,11 +34,44 @@ pub struct AuditIdentity {
     pub tid: String,
     pub oid: String,
     pub appid: String,
+    /// Sign-in name of a user; for requests without a token, how they authenticated
+    /// ("account key", "SAS").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upn: String,
 }
 
 #[async_trait]
 pub trait AuditSink: Send + Sync {
+    /// Write a record durably (returns once it is committed).
     async fn record(&self, rec: &AuditRecord) -> Result<()>;
+    /// Queue a record for the next commit without waiting for it (blob data requests, whose
+    /// latency must not include an fsync). Fails only when the log cannot take records.
+    async fn record_queued(&self, rec: &AuditRecord) -> Result<()> {
+        self.record(rec).await
+    }
+    /// Records matching `f`, oldest first, each with its `seq`.
+    async fn query(&self, f: &AuditFilter) -> Result<Vec<serde_json::Value>>;
+    /// Delete records older than `before` (whole checkpointed batches only, so the rest still
+    /// verifies). Returns how many were deleted.
+    async fn prune(&self, before: i64) -> Result<u64>;
+}
+
+/// A query over the audit log. Text filters match case-insensitively; `resource` matches a
+/// resource id or any id below it.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub resource: Option<String>,
+    pub operation: Option<String>,
+    /// Object id, application id or sign-in name of the caller.
+    pub caller: Option<String>,
+    /// `Success`, `Failure` or `Started`.
+    pub result: Option<String>,
+    pub correlation: Option<String>,
+    /// Records after this sequence number (paging).
+    pub after: Option<i64>,
+    pub limit: usize,
 }
 
 /// The tamper-evident audit log: every record is chained to the one before it by SHA-256, and
@@ -143,6 +182,7 @@ pub mod chain {
         let mut expected: Option<i64> = None;
         let mut last_good_checkpoint = 0i64;
         let (mut records, mut head_seq) = (0u64, 0i64);
+        let mut legacy = false;
         for r in rows {
             let Some(stored) = &r.hash else {
                 if expected.is_some() {
@@ -151,8 +191,33 @@ pub mod chain {
                         reason: format!("record {} has lost its chain hash", r.seq),
                     };
                 }
+                legacy = true;
                 continue; // written before the log was chained
             };
+            if expected.is_none() && !legacy && r.seq > 1 {
+                // Older records were pruned: the signed checkpoint just before anchors the rest.
+                match checkpoints.iter().find(|c| c.seq == r.seq - 1) {
+                    Some(anchor) => {
+                        prev = hex::decode(&anchor.hash)
+                            .ok()
+                            .and_then(|h| <Hash>::try_from(h).ok())
+                            .unwrap_or(GENESIS);
+                        last_good_checkpoint = anchor.seq;
+                        while cps.peek().is_some_and(|c| c.seq <= anchor.seq) {
+                            cps.next();
+                        }
+                    }
+                    None => {
+                        return Verdict::Broken {
+                            seq: r.seq - 1,
+                            reason: format!(
+                                "records before {} are missing (no signed checkpoint anchors the log)",
+                                r.seq
+                            ),
+                        };
+                    }
+                }
+            }
             if let Some(e) = expected
                 && r.seq != e
             {
@@ -320,6 +385,19 @@ pub mod chain {
             let (rows, mut cps) = log(10, &signer);
             cps[0].sig[0] ^= 1;
             assert_eq!(broken_at(verify(rows, &cps, &pk)), 3);
+            // Pruned through a checkpoint (retention): the rest verifies.
+            let (mut rows, mut cps) = log(10, &signer);
+            rows.drain(..6);
+            cps.retain(|c| c.seq >= 6);
+            assert!(matches!(
+                verify(rows, &cps, &pk),
+                Verdict::Intact { records: 4, .. }
+            ));
+            // Pruned without an anchor: refused.
+            let (mut rows, mut cps) = log(10, &signer);
+            rows.drain(..4);
+            cps.retain(|c| c.seq >= 6);
+            assert_eq!(broken_at(verify(rows, &cps, &pk)), 4);
         }
     }
 }

@@ -267,8 +267,10 @@ impl BlobService {
         }
     }
 
-    pub async fn account(&self, name: &str) -> Result<BlobAccount> {
-        self.mgmt.blob_account(name).await
+    /// The account and its key; `correlation` (the request id) goes into the audit records of
+    /// any vault call this causes.
+    pub async fn account(&self, name: &str, correlation: &str) -> Result<BlobAccount> {
+        self.mgmt.blob_account(name, correlation).await
     }
 
     pub async fn account_keys(&self, name: &str) -> Result<Vec<SecretBytes>> {

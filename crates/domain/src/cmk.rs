@@ -237,24 +237,34 @@ pub struct KeyInfo {
     pub location: Option<String>,
 }
 
+/// Who calls the vault, and for which request.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// Object id of the account's managed identity.
+    pub principal: &'a str,
+    /// The request that caused the call (a blob request's id): the vault's audit record carries
+    /// it as its correlation id. Empty when no client request caused it.
+    pub correlation: &'a str,
+}
+
 /// A vault, as reached by the storage side on behalf of a managed identity.
 #[async_trait]
 pub trait VaultClient: Send + Sync {
     /// Whether changes to this vault are published on this server's [`Changes`] feed.
     fn publishes_changes(&self, key: &KeyRef) -> bool;
     /// The key version named by `key` (the current one when it has no version).
-    async fn get_key(&self, principal: &str, key: &KeyRef) -> Result<KeyInfo, CmkFailure>;
+    async fn get_key(&self, call: &Call<'_>, key: &KeyRef) -> Result<KeyInfo, CmkFailure>;
     /// Wrap `plain` under the versioned key `key` (RSA-OAEP-256).
     async fn wrap(
         &self,
-        principal: &str,
+        call: &Call<'_>,
         key: &KeyRef,
         plain: &[u8],
     ) -> Result<Vec<u8>, CmkFailure>;
     /// Unwrap `wrapped` with the versioned key `key`.
     async fn unwrap(
         &self,
-        principal: &str,
+        call: &Call<'_>,
         key: &KeyRef,
         wrapped: &[u8],
     ) -> Result<SecretBytes, CmkFailure>;
@@ -371,8 +381,10 @@ impl LocalVaultClient {
         vault: &VaultRef,
         operation: &str,
         key: &KeyRef,
+        correlation: &str,
         ok: Result<(), &CmkFailure>,
     ) -> Result<(), CmkFailure> {
+        let request_id = coffer_crypto::random::uuid().unwrap_or_default();
         let rec = AuditRecord {
             time: self.kv.now(),
             resource_id: vault.id.clone(),
@@ -384,13 +396,20 @@ impl LocalVaultClient {
                 tid: caller.tenant_id.clone(),
                 oid: caller.object_id.clone(),
                 appid: caller.app_id.clone(),
+                ..Default::default()
             },
-            request_id: String::new(),
-            correlation_id: String::new(),
+            correlation_id: if correlation.is_empty() {
+                request_id.clone()
+            } else {
+                correlation.to_string()
+            },
+            request_id,
             message: match ok {
-                Ok(()) => format!("{}/keys/{}", key.vault_uri, key.name),
+                Ok(()) => String::new(),
                 Err(f) => f.message.clone(),
             },
+            properties: serde_json::json!({"id": key.kid(key.version.as_deref().unwrap_or_default()).trim_end_matches('/'), "clientInfo": "coffer storage encryption"}),
+            ..Default::default()
         };
         self.audit.record(&rec).await.map_err(|e| {
             CmkFailure::new(
@@ -402,13 +421,13 @@ impl LocalVaultClient {
 
     async fn crypto(
         &self,
-        principal: &str,
+        call: &Call<'_>,
         key: &KeyRef,
         op: CryptoOp,
         value: Vec<u8>,
     ) -> Result<SecretBytes, CmkFailure> {
         let vault = self.vault(key).await?;
-        let caller = self.caller(principal).await?;
+        let caller = self.caller(call.principal).await?;
         let res = self
             .kv
             .crypto(
@@ -437,8 +456,15 @@ impl LocalVaultClient {
             CryptoOp::Wrap => "KeyWrap",
             _ => "KeyUnwrap",
         };
-        self.audit(&caller, &vault, name, key, out.as_ref().map(|_| ()))
-            .await?;
+        self.audit(
+            &caller,
+            &vault,
+            name,
+            key,
+            call.correlation,
+            out.as_ref().map(|_| ()),
+        )
+        .await?;
         out
     }
 }
@@ -449,24 +475,31 @@ impl VaultClient for LocalVaultClient {
         self.local_vault(key).is_some()
     }
 
-    async fn get_key(&self, principal: &str, key: &KeyRef) -> Result<KeyInfo, CmkFailure> {
+    async fn get_key(&self, call: &Call<'_>, key: &KeyRef) -> Result<KeyInfo, CmkFailure> {
         if self.local_vault(key).is_none() {
             return match &self.remote {
-                Some(r) => r.get_key(principal, key).await,
+                Some(r) => r.get_key(call, key).await,
                 None => Err(self.vault(key).await.err().unwrap_or_else(|| {
                     CmkFailure::new(CmkStatus::VaultNotFound, "vault not found")
                 })),
             };
         }
         let vault = self.vault(key).await?;
-        let caller = self.caller(principal).await?;
+        let caller = self.caller(call.principal).await?;
         let res = self
             .kv
             .get(&caller, &vault, &key.name, key.version.as_deref())
             .await
             .map_err(|e| Self::failure(e, key));
-        self.audit(&caller, &vault, "KeyGet", key, res.as_ref().map(|_| ()))
-            .await?;
+        self.audit(
+            &caller,
+            &vault,
+            "KeyGet",
+            key,
+            call.correlation,
+            res.as_ref().map(|_| ()),
+        )
+        .await?;
         let view = res?;
         let v = view.version;
         Ok(KeyInfo {
@@ -483,33 +516,33 @@ impl VaultClient for LocalVaultClient {
 
     async fn wrap(
         &self,
-        principal: &str,
+        call: &Call<'_>,
         key: &KeyRef,
         plain: &[u8],
     ) -> Result<Vec<u8>, CmkFailure> {
         if self.local_vault(key).is_none()
             && let Some(r) = &self.remote
         {
-            return r.wrap(principal, key, plain).await;
+            return r.wrap(call, key, plain).await;
         }
         let out = self
-            .crypto(principal, key, CryptoOp::Wrap, plain.to_vec())
+            .crypto(call, key, CryptoOp::Wrap, plain.to_vec())
             .await?;
         Ok(out.expose().to_vec())
     }
 
     async fn unwrap(
         &self,
-        principal: &str,
+        call: &Call<'_>,
         key: &KeyRef,
         wrapped: &[u8],
     ) -> Result<SecretBytes, CmkFailure> {
         if self.local_vault(key).is_none()
             && let Some(r) = &self.remote
         {
-            return r.unwrap(principal, key, wrapped).await;
+            return r.unwrap(call, key, wrapped).await;
         }
-        self.crypto(principal, key, CryptoOp::Unwrap, wrapped.to_vec())
+        self.crypto(call, key, CryptoOp::Unwrap, wrapped.to_vec())
             .await
     }
 }

@@ -1149,6 +1149,22 @@ impl KeyVaultService {
         Ok((view, out))
     }
 
+    /// Every enabled key version with an expiry date: (vault, key, version, exp), for metrics.
+    pub async fn expiring_versions(&self) -> Result<Vec<(String, String, String, i64)>> {
+        let mut out = Vec::new();
+        for r in self.store.list_key_records(None).await? {
+            if r.deleted.is_some() {
+                continue;
+            }
+            for v in self.store.list_key_versions(&r.vault, &r.name).await? {
+                if let (true, Some(exp)) = (v.enabled, v.exp) {
+                    out.push((v.vault, v.name, v.version, exp));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Random bytes (`POST /rng`).
     pub async fn random_bytes(
         &self,

@@ -30,7 +30,7 @@ pub struct MgmtConfig {
 
 mod cmk;
 mod storage;
-pub use cmk::{CmkConfig, CmkHealth};
+pub use cmk::{CmkConfig, CmkHealth, CmkStats};
 pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
 
 pub struct MgmtService {

@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// Seconds between checks for new key versions of vaults on other servers [default: 60].
     #[arg(long, env = "COFFER_CMK_POLL_INTERVAL")]
     pub cmk_poll_interval: Option<u64>,
+    /// Delete audit records older than this many days (whole signed batches, so the rest still
+    /// verifies). Unset: keep every record.
+    #[arg(long, env = "COFFER_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +94,7 @@ struct FileConfig {
     cmk_allow_cross_region: Option<bool>,
     cmk_cache_ttl: Option<u64>,
     cmk_poll_interval: Option<u64>,
+    audit_retention_days: Option<u32>,
     /// Vaults on other servers that hold customer-managed keys of this server's accounts.
     remote_vaults: Option<Vec<crate::remote_vault::RemoteVaultConfig>>,
 }
@@ -110,6 +115,8 @@ pub struct ServerConfig {
     pub log: String,
     pub cmk: coffer_domain::mgmt::CmkConfig,
     pub remote_vaults: Vec<crate::remote_vault::RemoteVaultConfig>,
+    /// Seconds audit records are kept (None: forever).
+    pub audit_retention: Option<i64>,
 }
 
 /// A CMK interval in seconds: 1 to 86400, default 60.
@@ -208,6 +215,11 @@ impl ServerConfig {
             test_clock: args.test_clock || file.test_clock.unwrap_or(false),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             remote_vaults: file.remote_vaults.unwrap_or_default(),
+            audit_retention: match args.audit_retention_days.or(file.audit_retention_days) {
+                None => None,
+                Some(0) => bail!("--audit-retention-days must be at least 1"),
+                Some(d) => Some(i64::from(d) * 86_400),
+            },
             cmk: coffer_domain::mgmt::CmkConfig {
                 allow_cross_region: args.cmk_allow_cross_region
                     || file.cmk_allow_cross_region.unwrap_or(false),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use coffer_crypto::b64;
-use coffer_domain::cmk::{CmkFailure, CmkStatus, KeyInfo, KeyRef, VaultClient, WRAP_ALG};
+use coffer_domain::cmk::{Call, CmkFailure, CmkStatus, KeyInfo, KeyRef, VaultClient, WRAP_ALG};
 use coffer_secret::{SecretBytes, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -220,7 +220,7 @@ impl VaultClient for RemoteVaults {
         false
     }
 
-    async fn get_key(&self, _principal: &str, key: &KeyRef) -> Result<KeyInfo, CmkFailure> {
+    async fn get_key(&self, _call: &Call<'_>, key: &KeyRef) -> Result<KeyInfo, CmkFailure> {
         let r = self.remote(key)?;
         let url = format!(
             "{}/keys/{}/{}",
@@ -259,7 +259,7 @@ impl VaultClient for RemoteVaults {
 
     async fn wrap(
         &self,
-        _principal: &str,
+        _call: &Call<'_>,
         key: &KeyRef,
         plain: &[u8],
     ) -> Result<Vec<u8>, CmkFailure> {
@@ -280,7 +280,7 @@ impl VaultClient for RemoteVaults {
 
     async fn unwrap(
         &self,
-        _principal: &str,
+        _call: &Call<'_>,
         key: &KeyRef,
         wrapped: &[u8],
     ) -> Result<SecretBytes, CmkFailure> {

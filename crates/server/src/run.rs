@@ -92,7 +92,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tracing::warn!("the test clock is enabled: administrators can move time forward");
     }
 
-    let audit: Arc<dyn AuditSink> = booted.store.clone();
+    let faults = Arc::new(coffer_api::Faults::default());
+    let metrics = Arc::new(coffer_api::metrics::Metrics::default());
+    let audit: Arc<dyn AuditSink> = Arc::new(coffer_api::GuardedAudit {
+        inner: booted.store.clone(),
+        faults: faults.clone(),
+        metrics: metrics.clone(),
+    });
     let state = Arc::new(AppState {
         identity: booted.identity.clone(),
         mgmt: booted.mgmt.clone(),
@@ -101,6 +107,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         audit,
         clock: booted.clock.clone(),
         endpoints: endpoints.clone(),
+        faults,
+        audit_retention: cfg.audit_retention,
+        metrics,
     });
     // CMK accounts with an in-process vault follow key changes as they happen.
     let _cmk_watcher = booted.mgmt.spawn_cmk_watcher();

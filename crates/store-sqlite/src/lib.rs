@@ -9,7 +9,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use std::sync::{Arc, OnceLock};
 
-use coffer_domain::audit::{AuditRecord, AuditSink, chain};
+use coffer_domain::audit::{AuditFilter, AuditRecord, AuditSink, chain};
 use coffer_domain::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
     RoleAssignment, StagedBlock, Subscription,
@@ -1018,6 +1018,114 @@ impl AuditSink for SqliteStore {
         wait.await
             .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))?
     }
+
+    async fn query(&self, f: &AuditFilter) -> Result<Vec<serde_json::Value>> {
+        let mut sql = String::from("SELECT seq, data FROM audit WHERE seq > ?");
+        let mut binds: Vec<String> = Vec::new();
+        if f.from.is_some() {
+            sql.push_str(" AND time >= ?");
+        }
+        if f.to.is_some() {
+            sql.push_str(" AND time <= ?");
+        }
+        for (v, clause) in [
+            (
+                &f.resource,
+                " AND (lower(json_extract(data, '$.resourceId')) = ? OR lower(json_extract(data, '$.resourceId')) LIKE ? ESCAPE '\\')",
+            ),
+            (
+                &f.operation,
+                " AND lower(json_extract(data, '$.operationName')) = ?",
+            ),
+            (
+                &f.result,
+                " AND lower(json_extract(data, '$.resultType')) = ?",
+            ),
+            (
+                &f.correlation,
+                " AND lower(json_extract(data, '$.correlationId')) = ?",
+            ),
+            (
+                &f.caller,
+                " AND ? IN (lower(json_extract(data, '$.identity.oid')), lower(json_extract(data, '$.identity.appid')), lower(json_extract(data, '$.identity.upn')))",
+            ),
+        ] {
+            if let Some(v) = v {
+                sql.push_str(clause);
+                let v = v.to_ascii_lowercase();
+                if clause.contains("LIKE") {
+                    let esc = v
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_");
+                    binds.push(v);
+                    binds.push(format!("{}/%", esc.trim_end_matches('/')));
+                } else {
+                    binds.push(v);
+                }
+            }
+        }
+        sql.push_str(" ORDER BY seq LIMIT ?");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(f.after.unwrap_or(0));
+        if let Some(t) = f.from {
+            q = q.bind(t);
+        }
+        if let Some(t) = f.to {
+            q = q.bind(t);
+        }
+        for b in binds {
+            q = q.bind(b);
+        }
+        let limit = i64::try_from(f.limit.clamp(1, 10_000)).unwrap_or(1000);
+        let rows = q.bind(limit).fetch_all(&self.pool).await.map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut v: serde_json::Value = from_json(r.get::<&str, _>("data"))?;
+            v["seq"] = serde_json::json!(r.get::<i64, _>("seq"));
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64> {
+        // The newest checkpoint that covers only records older than `before`.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
+        let cut: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(c.seq) FROM audit_checkpoint c WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq <= c.seq AND a.time >= ?)",
+        )
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let Some(cut) = cut else { return Ok(0) };
+        let n = sqlx::query("DELETE FROM audit WHERE seq <= ?")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        // Keep the cut checkpoint: it anchors the chain of what remains.
+        sqlx::query("DELETE FROM audit_checkpoint WHERE seq < ?")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n)
+    }
+
+    async fn record_queued(&self, rec: &AuditRecord) -> Result<()> {
+        let (done, _) = tokio::sync::oneshot::channel();
+        self.audit
+            .tx
+            .send((rec.time, to_json(rec)?, done))
+            .await
+            .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))
+    }
 }
 
 impl SqliteStore {
@@ -1146,6 +1254,7 @@ mod tests {
                     request_id: String::new(),
                     correlation_id: String::new(),
                     message: "it's \"quoted\"".into(),
+                    ..Default::default()
                 })
                 .await
             }));

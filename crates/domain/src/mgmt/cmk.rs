@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::storage::{STORAGE_TYPE, aek_aad};
 use super::{Body, MgmtService};
 use crate::clock::rfc3339;
-use crate::cmk::{Changes, CmkFailure, CmkStatus, KeyInfo, KeyRef, VaultClient};
+use crate::cmk::{Call, Changes, CmkFailure, CmkStatus, KeyInfo, KeyRef, VaultClient};
 use crate::model::Resource;
 use crate::{DomainError, Result};
 
@@ -53,6 +53,14 @@ struct CachedAek {
     at: i64,
 }
 
+/// CMK counters since start, and each observed account's status.
+pub struct CmkStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub vault_calls: u64,
+    pub status: Vec<(String, &'static str)>,
+}
+
 /// The CMK health of an account, as last observed.
 #[derive(Debug, Clone)]
 pub struct CmkHealth {
@@ -71,6 +79,9 @@ pub(super) struct CmkState {
     health: Mutex<HashMap<String, CmkHealth>>,
     /// Vault calls made for each account (the data path makes none while the cache is valid).
     calls: Mutex<HashMap<String, u64>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+    vault_calls: std::sync::atomic::AtomicU64,
     /// One refresh at a time: a cold cache under load makes one vault call, not one per request.
     fill: tokio::sync::Mutex<()>,
 }
@@ -88,6 +99,9 @@ impl CmkState {
             cache: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            hits: Default::default(),
+            misses: Default::default(),
+            vault_calls: Default::default(),
             fill: tokio::sync::Mutex::new(()),
         }
     }
@@ -273,6 +287,9 @@ impl MgmtService {
     }
 
     fn cmk_count(&self, account: &str) {
+        self.cmk
+            .vault_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut c) = self.cmk.calls.lock() {
             *c.entry(account.to_string()).or_insert(0) += 1;
         }
@@ -308,11 +325,14 @@ impl MgmtService {
 
     /// The unwrapped AEK of a CMK account: from the cache, or from the vault (picking up a new
     /// key version on the way when the account follows the versionless key).
-    async fn cmk_aek(&self, r: &Resource) -> Result<SecretBytes> {
+    async fn cmk_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
+        use std::sync::atomic::Ordering::Relaxed;
         let rec = record(&r.body)?;
         if let Some(aek) = self.cmk_cached(r, &rec) {
+            self.cmk.hits.fetch_add(1, Relaxed);
             return Ok(aek);
         }
+        self.cmk.misses.fetch_add(1, Relaxed);
         let _fill = self.cmk.fill.lock().await;
         // Another request may have refreshed (or rotated) while this one waited.
         let r =
@@ -330,69 +350,95 @@ impl MgmtService {
         if let Some(aek) = self.cmk_cached(&r, &rec) {
             return Ok(aek);
         }
-        self.cmk_refresh(&r, rec).await
+        self.cmk_refresh(&r, rec, corr).await
     }
 
-    /// Ask the vault: pick up a new version if the account follows the key, then unwrap.
-    async fn cmk_refresh(&self, r: &Resource, mut rec: CmkRecord) -> Result<SecretBytes> {
-        let generation = self.cmk.changes.current();
+    fn cmk_fail(&self, r: &Resource, f: CmkFailure, version: &str) -> DomainError {
+        tracing::warn!(account = %r.name, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
+        self.cmk_forget(&r.name);
+        self.cmk_health_put(&r.name, f.status, f.message.clone(), version, false);
+        unavailable(&f)
+    }
+
+    /// Ask the vault for the account's key (the current version when the account follows
+    /// new versions, whose pick-up happens here: unwrap with the old version, wrap with the
+    /// new, store). Pinned accounts are only asked when `check_pinned`. Returns the record as
+    /// it now stands.
+    async fn cmk_pickup(
+        &self,
+        r: &Resource,
+        mut rec: CmkRecord,
+        corr: &str,
+        check_pinned: bool,
+    ) -> Result<CmkRecord> {
+        if rec.configured.version.is_some() && !check_pinned {
+            return Ok(rec);
+        }
         let vaults = self.cmk.vaults.clone();
-        let fail = |f: CmkFailure, version: &str| {
-            tracing::warn!(account = %r.name, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
-            self.cmk_forget(&r.name);
-            self.cmk_health_put(&r.name, f.status, f.message.clone(), version, false);
-            unavailable(&f)
+        let call = Call {
+            principal: &rec.principal.clone(),
+            correlation: corr,
         };
         let current_version = rec.current.version.clone().unwrap_or_default();
-        let mut aek = None;
-        if rec.configured.version.is_none() {
+        self.cmk_count(&r.name);
+        let info = vaults
+            .get_key(&call, &rec.configured)
+            .await
+            .map_err(|f| self.cmk_fail(r, f, &current_version))?;
+        if rec.configured.version.is_none()
+            && info.version != current_version
+            && check_key(&info, self.clock.now()).is_ok()
+        {
+            let wrapped = b64::std_decode(&rec.wrapped_b64)
+                .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
             self.cmk_count(&r.name);
-            let info = vaults
-                .get_key(&rec.principal, &rec.configured)
+            self.cmk_count(&r.name);
+            let plain = vaults
+                .unwrap(&call, &rec.current, &wrapped)
                 .await
-                .map_err(|f| fail(f, &current_version))?;
-            if info.version != current_version && check_key(&info, self.clock.now()).is_ok() {
-                let wrapped = b64::std_decode(&rec.wrapped_b64)
-                    .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
-                self.cmk_count(&r.name);
-                self.cmk_count(&r.name);
-                let plain = vaults
-                    .unwrap(&rec.principal, &rec.current, &wrapped)
-                    .await
-                    .map_err(|f| fail(f, &current_version))?;
-                let next = rec.configured.with_version(&info.version);
-                let rewrapped = vaults
-                    .wrap(&rec.principal, &next, plain.expose())
-                    .await
-                    .map_err(|f| fail(f, &current_version))?;
-                match self
-                    .cmk_persist_rotation(r, &rec, &next, &rewrapped, &info)
-                    .await
-                {
-                    Ok(true) => {
-                        tracing::info!(account = %r.name, kid = %next.kid(&info.version), "picked up a new customer-managed key version");
-                        rec.current = next;
-                        rec.wrapped_b64 = b64::std_encode(&rewrapped);
-                        aek = Some(plain);
-                    }
-                    Ok(false) => {}
-                    Err(e) => return Err(e),
-                }
+                .map_err(|f| self.cmk_fail(r, f, &current_version))?;
+            let next = rec.configured.with_version(&info.version);
+            let rewrapped = vaults
+                .wrap(&call, &next, plain.expose())
+                .await
+                .map_err(|f| self.cmk_fail(r, f, &current_version))?;
+            drop(plain);
+            if self
+                .cmk_persist_rotation(r, &rec, &next, &rewrapped, &info)
+                .await?
+            {
+                tracing::info!(account = %r.name, kid = %next.kid(&info.version), "picked up a new customer-managed key version");
+                rec.current = next;
+                rec.wrapped_b64 = b64::std_encode(&rewrapped);
             }
         }
+        Ok(rec)
+    }
+
+    /// The data path's refresh: pick-up, then unwrap (as the account's identity, for the
+    /// request `corr`) and cache the AEK.
+    async fn cmk_refresh(&self, r: &Resource, rec: CmkRecord, corr: &str) -> Result<SecretBytes> {
+        let rec = self.cmk_pickup(r, rec, corr, false).await?;
+        // Read after any pick-up (its own write bumps the feed) and before the unwrap that
+        // proves access: a change after this point invalidates the entry.
+        let generation = self.cmk.changes.current();
         let version = rec.current.version.clone().unwrap_or_default();
-        let aek = match aek {
-            Some(a) => a,
-            None => {
-                let wrapped = b64::std_decode(&rec.wrapped_b64)
-                    .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
-                self.cmk_count(&r.name);
-                vaults
-                    .unwrap(&rec.principal, &rec.current, &wrapped)
-                    .await
-                    .map_err(|f| fail(f, &version))?
-            }
-        };
+        let wrapped = b64::std_decode(&rec.wrapped_b64)
+            .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
+        self.cmk_count(&r.name);
+        let aek = self
+            .cmk
+            .vaults
+            .unwrap(
+                &Call {
+                    principal: &rec.principal,
+                    correlation: corr,
+                },
+                &rec.current,
+                &wrapped,
+            )
+            .await
+            .map_err(|f| self.cmk_fail(r, f, &version))?;
         if aek.expose().len() != 32 {
             return Err(DomainError::Internal("unwrapped AEK length".into()));
         }
@@ -448,18 +494,40 @@ impl MgmtService {
     }
 
     /// The AEK of any account (platform key or CMK).
-    pub(super) async fn account_aek(&self, r: &Resource) -> Result<SecretBytes> {
+    pub(super) async fn account_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
         if is_cmk(&r.body) {
-            self.cmk_aek(r).await
+            self.cmk_aek(r, corr).await
         } else {
             self.platform_aek(r)
         }
     }
 
     /// Bring an account's CMK state up to date (health, new versions) without failing.
+    /// Bring an account's CMK state up to date (health, new versions) without failing and
+    /// without unwrapping: nothing is cached for an account no request uses. No vault call
+    /// while the cached AEK is valid.
     pub(super) async fn cmk_observe(&self, r: &Resource) {
-        if is_cmk(&r.body) {
-            let _ = self.cmk_aek(r).await;
+        if !is_cmk(&r.body) {
+            return;
+        }
+        let Ok(rec) = record(&r.body) else { return };
+        if self.cmk_cached(r, &rec).is_some() {
+            return;
+        }
+        let _fill = self.cmk.fill.lock().await;
+        let Ok(Some(r)) = self.store.get_resource(&r.id).await else {
+            return;
+        };
+        if !is_cmk(&r.body) {
+            return;
+        }
+        let Ok(rec) = record(&r.body) else { return };
+        if self.cmk_cached(&r, &rec).is_some() {
+            return;
+        }
+        if let Ok(rec) = self.cmk_pickup(&r, rec, "", true).await {
+            let version = rec.current.version.clone().unwrap_or_default();
+            self.cmk_health_put(&r.name, CmkStatus::Healthy, String::new(), &version, false);
         }
     }
 
@@ -579,7 +647,13 @@ impl MgmtService {
         }
         let vaults = self.cmk.vaults.clone();
         let info = vaults
-            .get_key(&principal, &key)
+            .get_key(
+                &Call {
+                    principal: &principal,
+                    correlation: "",
+                },
+                &key,
+            )
             .await
             .map_err(|f| enable_error(f, &principal))?;
         check_key(&info, self.clock.now())?;
@@ -623,11 +697,25 @@ impl MgmtService {
         };
         let versioned = key.with_version(&info.version);
         let wrapped = vaults
-            .wrap(&principal, &versioned, current.expose())
+            .wrap(
+                &Call {
+                    principal: &principal,
+                    correlation: "",
+                },
+                &versioned,
+                current.expose(),
+            )
             .await
             .map_err(|f| enable_error(f, &principal))?;
         let back = vaults
-            .unwrap(&principal, &versioned, &wrapped)
+            .unwrap(
+                &Call {
+                    principal: &principal,
+                    correlation: "",
+                },
+                &versioned,
+                &wrapped,
+            )
             .await
             .map_err(|f| enable_error(f, &principal))?;
         if back.expose() != current.expose() {
@@ -711,6 +799,7 @@ impl MgmtService {
     /// The AEK of a CMK account as it stands (cache or one unwrap), without picking up new
     /// versions: for management writes, which hold the write lock that a pick-up needs.
     async fn cmk_unwrap_current(&self, r: &Resource) -> Result<SecretBytes> {
+        let corr = "";
         let rec = record(&r.body)?;
         if let Some(aek) = self.cmk_cached(r, &rec) {
             return Ok(aek);
@@ -720,7 +809,14 @@ impl MgmtService {
         self.cmk_count(&r.name);
         self.cmk
             .vaults
-            .unwrap(&rec.principal, &rec.current, &wrapped)
+            .unwrap(
+                &Call {
+                    principal: &rec.principal,
+                    correlation: corr,
+                },
+                &rec.current,
+                &wrapped,
+            )
             .await
             .map_err(|f| unavailable(&f))
     }
@@ -800,6 +896,27 @@ impl MgmtService {
             }),
             None => json!({"status": "Unknown", "keyVersionInUse": current, "vaultCalls": calls}),
         };
+    }
+
+    /// Counters and statuses for metrics.
+    pub fn cmk_stats(&self) -> CmkStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let status = self
+            .cmk
+            .health
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .map(|(a, x)| (a.clone(), x.status.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        CmkStats {
+            hits: self.cmk.hits.load(Relaxed),
+            misses: self.cmk.misses.load(Relaxed),
+            vault_calls: self.cmk.vault_calls.load(Relaxed),
+            status,
+        }
     }
 
     /// Accounts under a customer-managed key (every subscription).

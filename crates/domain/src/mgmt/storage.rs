@@ -737,7 +737,7 @@ pub struct BlobAccount {
 impl MgmtService {
     /// The account behind a blob host or path, with its AEK: unsealed (platform key) or
     /// unwrapped by the account's customer-managed key (cached; see `cmk.rs`).
-    pub async fn blob_account(&self, name: &str) -> Result<BlobAccount> {
+    pub async fn blob_account(&self, name: &str, correlation: &str) -> Result<BlobAccount> {
         let r = self
             .store
             .find_resources_by_name(STORAGE_TYPE, name)
@@ -749,7 +749,7 @@ impl MgmtService {
                 name: name.into(),
             })?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
-        let aek = self.account_aek(&r).await?;
+        let aek = self.account_aek(&r, correlation).await?;
         Ok(BlobAccount {
             allow_shared_key: r.body["properties"]["allowSharedKeyAccess"].as_bool() != Some(false),
             name: r.name.clone(),
