@@ -4,6 +4,7 @@ that cannot be written stops them (fail closed); no secret reaches a record."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 
@@ -69,6 +70,8 @@ def test_query_filters_and_json_lines_export(coffer, rg):
     assert [r["operationName"] for r in started if r["operationName"].startswith("Key")] == ["KeyCreate"]
     assert "Microsoft.KeyVault/vaults/write" in [r["operationName"] for r in started]
     assert audit(coffer, resourceId=kv.vault.id, operation="KeyGet")[0]["properties"]["id"] == key.id
+    assert {r["operationName"] for r in audit(coffer, resourceId=kv.vault.id, key=key.name)} >= {"KeyCreate", "KeyGet"}
+    assert audit(coffer, resourceId=kv.vault.id, key="no-such-key") == []
     # Paging.
     page = coffer.arm("GET", f"/coffer/admin/audit?resourceId={kv.vault.id}&top=1").json()
     assert len(page["value"]) == 1 and page["nextLink"]
@@ -115,6 +118,10 @@ def test_a_failing_audit_log_fails_the_operation_and_changes_nothing(coffer_cloc
 def test_no_secret_in_any_audit_record_or_log_line(coffer, rg):
     kv = protected_vault(coffer, rg)
     kv.keys.create_rsa_key(unique("s-"), size=2048)
+    # Key bytes the test knows: an imported AES key, used once.
+    from azure.keyvault.keys import JsonWebKey
+    raw = bytes(range(32))
+    kv.keys.import_key(unique("oct-"), JsonWebKey(kty="oct-HSM", k=raw, key_ops=["wrapKey", "unwrapKey"]))
     account = create_account(coffer, rg, identity=sm.Identity(type="SystemAssigned"))
     keys = [k.value for k in coffer.mgmt_clients().storage.storage_accounts.list_keys(rg, account.name)["keys"]]
     svc = blob_service(coffer, account)
@@ -125,7 +132,9 @@ def test_no_secret_in_any_audit_record_or_log_line(coffer, rg):
     logs = coffer.log_tail(100000)
     secrets = {"admin secret": coffer.admin["client_secret"], "admin password": coffer.admin["password"],
                "principal secret": kv.principal.client_secret, "management token": token,
-               "vault token": vault_token, **{f"account key {i}": k for i, k in enumerate(keys)}}
+               "vault token": vault_token, **{f"account key {i}": k for i, k in enumerate(keys)},
+               "key bytes (base64url)": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+               "key bytes (base64)": base64.b64encode(raw).decode(), "key bytes (hex)": raw.hex()}
     for what, secret in secrets.items():
         for part in (secret, secret[:24]):
             assert part not in everything, f"{what} in the audit log"

@@ -139,6 +139,10 @@ def test_cmk_flow_disable_rotate_regrant_switch_back(coffer, rg):
     blobs.assert_cut_off()
     h = health(coffer, account)
     assert h["status"] == "KeyDisabled", h
+    # The operators' view lists it among the accounts whose CMK is not healthy.
+    unhealthy = coffer.arm("GET", "/coffer/admin/health").json()["unhealthyCustomerManagedKeys"]
+    assert {"storageAccountId": account.id, "status": "KeyDisabled"}.items() <= next(
+        u for u in unhealthy if u["storageAccountId"] == account.id).items()
     # Re-enable: the same bytes come back.
     kv.keys.update_key_properties(key.name, enabled=True)
     blobs.assert_intact()

@@ -168,11 +168,32 @@ pub enum ArmOp {
         scope: String,
         name: String,
     },
+    ListEventSubscriptions {
+        scope: String,
+    },
+    PutEventSubscription {
+        scope: String,
+        name: String,
+    },
+    GetEventSubscription {
+        scope: String,
+        name: String,
+    },
+    DeleteEventSubscription {
+        scope: String,
+        name: String,
+    },
+    /// Coffer extension: `{subscription}/deadLetters`.
+    ListDeadLetters {
+        scope: String,
+        name: String,
+    },
     AdminCreateServicePrincipal,
     AdminCreateUser,
     AdminAdvanceClock,
     AdminFaults,
     AdminAudit,
+    AdminHealth,
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -197,6 +218,36 @@ impl ArmOp {
             m == Method::POST,
             m == Method::HEAD,
         );
+        // Microsoft.EventGrid event subscriptions on a resource.
+        if let Some(i) = (1..s.len().saturating_sub(1))
+            .find(|&i| eq(s[i], "providers") && eq(s[i + 1], "Microsoft.EventGrid"))
+        {
+            let scope = format!("/{}", s[..i].join("/"));
+            return match &s[i + 2..] {
+                [t] if eq(t, "eventSubscriptions") && get => {
+                    Some(Self::ListEventSubscriptions { scope })
+                }
+                [t, n] if eq(t, "eventSubscriptions") => {
+                    let name = n.to_string();
+                    if put {
+                        Some(Self::PutEventSubscription { scope, name })
+                    } else if get {
+                        Some(Self::GetEventSubscription { scope, name })
+                    } else if del {
+                        Some(Self::DeleteEventSubscription { scope, name })
+                    } else {
+                        None
+                    }
+                }
+                [t, n, d] if eq(t, "eventSubscriptions") && eq(d, "deadLetters") && get => {
+                    Some(Self::ListDeadLetters {
+                        scope,
+                        name: n.to_string(),
+                    })
+                }
+                _ => None,
+            };
+        }
         // Microsoft.Authorization at any scope.
         if let Some(i) = (0..s.len().saturating_sub(1))
             .find(|&i| eq(s[i], "providers") && eq(s[i + 1], "Microsoft.Authorization"))
@@ -237,6 +288,7 @@ impl ArmOp {
             ["coffer", "admin", "clock"] if post => Some(Self::AdminAdvanceClock),
             ["coffer", "admin", "faults"] if post => Some(Self::AdminFaults),
             ["coffer", "admin", "audit"] if get => Some(Self::AdminAudit),
+            ["coffer", "admin", "health"] if get => Some(Self::AdminHealth),
             [p, ns, a, alias]
                 if eq(p, "providers") && eq(ns, "Microsoft.Subscription") && eq(a, "aliases") =>
             {
@@ -468,11 +520,19 @@ impl ArmOp {
             }
             PutRoleAssignment { .. } => "Microsoft.Authorization/roleAssignments/write".into(),
             DeleteRoleAssignment { .. } => "Microsoft.Authorization/roleAssignments/delete".into(),
+            ListEventSubscriptions { .. }
+            | GetEventSubscription { .. }
+            | ListDeadLetters { .. } => "Microsoft.EventGrid/eventSubscriptions/read".into(),
+            PutEventSubscription { .. } => "Microsoft.EventGrid/eventSubscriptions/write".into(),
+            DeleteEventSubscription { .. } => {
+                "Microsoft.EventGrid/eventSubscriptions/delete".into()
+            }
             AdminCreateServicePrincipal => "Coffer/servicePrincipals/write".into(),
             AdminCreateUser => "Coffer/users/write".into(),
             AdminAdvanceClock => "Coffer/clock/action".into(),
             AdminFaults => "Coffer/faults/action".into(),
             AdminAudit => "Coffer/audit/read".into(),
+            AdminHealth => "Coffer/health/read".into(),
         }
     }
 
@@ -546,6 +606,14 @@ impl ArmOp {
                     scope.trim_end_matches('/')
                 )
             }
+            ListEventSubscriptions { scope } => scope.clone(),
+            PutEventSubscription { scope, name }
+            | GetEventSubscription { scope, name }
+            | DeleteEventSubscription { scope, name }
+            | ListDeadLetters { scope, name } => format!(
+                "{}/providers/Microsoft.EventGrid/eventSubscriptions/{name}",
+                scope.trim_end_matches('/')
+            ),
             PutAlias { alias } | GetAlias { alias } => {
                 format!("/providers/Microsoft.Subscription/aliases/{alias}")
             }
@@ -554,7 +622,8 @@ impl ArmOp {
             | AdminCreateUser
             | AdminAdvanceClock
             | AdminFaults
-            | AdminAudit => "/coffer/admin".into(),
+            | AdminAudit
+            | AdminHealth => "/coffer/admin".into(),
         }
     }
 }
@@ -769,6 +838,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             | ArmOp::PutResource { .. }
             | ArmOp::PatchResource { .. }
             | ArmOp::PutRoleAssignment { .. }
+            | ArmOp::PutEventSubscription { .. }
             | ArmOp::CheckVaultName { .. }
             | ArmOp::CheckStorageName { .. }
             | ArmOp::RegenerateStorageKey { .. }
@@ -1097,6 +1167,28 @@ async fn execute(
             ArmOp::PutRoleAssignment { scope, name } => {
                 put_response(m.put_role_assignment(caller, scope, name, body).await?, rid)
             }
+            ArmOp::ListEventSubscriptions { scope } => {
+                list(m.list_event_subscriptions(caller, scope).await?, rid)
+            }
+            ArmOp::PutEventSubscription { scope, name } => put_response(
+                m.put_event_subscription(caller, scope, name, body).await?,
+                rid,
+            ),
+            ArmOp::GetEventSubscription { scope, name } => respond(
+                StatusCode::OK,
+                Some(&m.get_event_subscription(caller, scope, name).await?),
+                rid,
+            ),
+            ArmOp::DeleteEventSubscription { scope, name } => {
+                if m.delete_event_subscription(caller, scope, name).await? {
+                    respond(StatusCode::OK, None, rid)
+                } else {
+                    respond(StatusCode::NO_CONTENT, None, rid)
+                }
+            }
+            ArmOp::ListDeadLetters { scope, name } => {
+                list(m.event_dead_letters(caller, scope, name).await?, rid)
+            }
             ArmOp::GetRoleAssignment { scope, name } => respond(
                 StatusCode::OK,
                 Some(&m.get_role_assignment(caller, scope, name).await?),
@@ -1111,6 +1203,18 @@ async fn execute(
             ArmOp::AdminCreateServicePrincipal => admin_create_sp(state, caller, body, rid).await?,
             ArmOp::AdminCreateUser => admin_create_user(state, caller, body, rid).await?,
             ArmOp::AdminFaults => admin_faults(state, caller, body, rid)?,
+            ArmOp::AdminHealth => {
+                require_admin(caller, "Coffer/health/read")?;
+                let accounts = state.mgmt.unhealthy_cmk_accounts().await?;
+                respond(
+                    StatusCode::OK,
+                    Some(&json!({
+                        "regions": state.mgmt.regions(),
+                        "unhealthyCustomerManagedKeys": accounts,
+                    })),
+                    rid,
+                )
+            }
             ArmOp::AdminAudit => admin_audit(state, caller, query, rid).await?,
             ArmOp::AdminAdvanceClock => {
                 let r = admin_clock(state, caller, body, rid)?;
@@ -1275,6 +1379,7 @@ async fn admin_audit(
         from: time("from")?,
         to: time("to")?,
         resource: text("resourceId"),
+        key: text("key"),
         operation: text("operation"),
         caller: text("caller"),
         result: text("result"),

@@ -113,6 +113,7 @@ pub struct AppState {
     /// Seconds audit records are kept (None: forever).
     pub audit_retention: Option<i64>,
     pub metrics: Arc<metrics::Metrics>,
+    pub events: Arc<coffer_domain::events::EventService>,
 }
 
 /// Injected faults, for tests of failure behaviour.
@@ -223,6 +224,9 @@ async fn route_main(state: Arc<AppState>, req: Request) -> (&'static str, Respon
         let headers = req.headers().clone();
         return ("ops", ops::metrics(&state, &headers).await);
     }
+    if path == "/readyz" && req.method() == http::Method::GET {
+        return ("ops", ops::readyz(&state).await);
+    }
     if let Some(resp) = ops::route(&state, &req, &path) {
         return ("ops", resp);
     }
@@ -282,6 +286,14 @@ pub async fn run_due_work(state: &AppState) {
     }
     if let Err(e) = state.mgmt.cmk_poll_due().await {
         tracing::error!(error = %e, "customer-managed key poll failed");
+    }
+    match state.events.scan_key_expiry(&state.keyvault).await {
+        Ok(n) if n > 0 => tracing::info!(events = n, "key expiry events"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "key expiry scan failed"),
+    }
+    if let Err(e) = state.events.deliver_due().await {
+        tracing::error!(error = %e, "webhook retries failed");
     }
     match state.keyvault.run_due().await {
         Ok((p, r)) if p + r > 0 => tracing::info!(purged = p, rotated = r, "key maintenance"),

@@ -72,6 +72,7 @@ pub struct Metrics {
     cmk_vault_calls: Counter,
     cmk_status: Family<AccountLabels, Gauge>,
     key_expiry: Family<KeyVersionLabels, Gauge>,
+    webhooks: Family<CacheLabels, Counter>,
     /// Audit records handed to the log, and records the log refused.
     pub audit_records: Counter,
     pub audit_failures: Counter,
@@ -100,6 +101,12 @@ impl Default for Metrics {
         let key_expiry = Family::<KeyVersionLabels, Gauge>::default();
         let audit_records = Counter::default();
         let audit_failures = Counter::default();
+        let webhooks = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Event webhook attempts by result (delivered, failed) and deliveries dead-lettered (deadLettered)",
+            webhooks.clone(),
+        );
         registry.register(
             "requests",
             "Requests served, by plane (identity, management, vault, blob, ops), operation and HTTP status",
@@ -154,6 +161,7 @@ impl Default for Metrics {
             cmk_vault_calls,
             cmk_status,
             key_expiry,
+            webhooks,
             audit_records,
             audit_failures,
             scrapes: AtomicU64::new(0),
@@ -202,6 +210,16 @@ impl Metrics {
             cmk.misses,
         );
         set_counter(&self.cmk_vault_calls, cmk.vault_calls);
+        for (result, n) in [
+            ("delivered", &state.events.delivered),
+            ("failed", &state.events.failed),
+            ("deadLettered", &state.events.dead_lettered),
+        ] {
+            set_counter(
+                &self.webhooks.get_or_create(&CacheLabels { result }),
+                n.load(Ordering::Relaxed),
+            );
+        }
         self.cmk_status.clear();
         for (account, status) in cmk.status {
             for s in CMK_STATUSES {

@@ -48,13 +48,35 @@ pub async fn metrics(state: &Arc<AppState>, headers: &http::HeaderMap) -> Respon
     )
 }
 
+/// `GET /readyz`: 200 once the listeners accept (this answer proves it), the root key is
+/// unsealed (the services exist only then) and the metadata store answers; else 503.
+pub async fn readyz(state: &Arc<AppState>) -> Response {
+    let (status, text) = match state.mgmt.store_ready().await {
+        Ok(()) => (http::StatusCode::OK, "ready\n".to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness: the metadata store does not answer");
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the metadata store does not answer\n".to_string(),
+            )
+        }
+    };
+    crate::named(
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Body::from(text))
+            .unwrap_or_default(),
+        "Ready",
+    )
+}
+
 pub fn route(_state: &Arc<AppState>, req: &Request, path: &str) -> Option<Response> {
     if req.method() != http::Method::GET {
         return None;
     }
     let text = match path {
         "/healthz" => "ok\n",
-        "/readyz" => "ready\n",
         _ => return None,
     };
     Some(

@@ -70,6 +70,9 @@ struct AuditFilterArgs {
     /// A resource id: records of it and of everything below it (a vault's keys, an account's blobs).
     #[arg(long)]
     resource: Option<String>,
+    /// A key name: records of operations on that key (in any vault; combine with --resource).
+    #[arg(long)]
+    key: Option<String>,
     /// Operation name (KeyUnwrap, PutBlob, Microsoft.Storage/storageAccounts/write, ...).
     #[arg(long)]
     operation: Option<String>,
@@ -91,6 +94,7 @@ impl AuditFilterArgs {
             ("from", &self.from),
             ("to", &self.to),
             ("resourceId", &self.resource),
+            ("key", &self.key),
             ("operation", &self.operation),
             ("caller", &self.caller),
             ("result", &self.result),

@@ -63,6 +63,8 @@ pub struct AuditFilter {
     pub from: Option<i64>,
     pub to: Option<i64>,
     pub resource: Option<String>,
+    /// A key name: records whose key id (`properties.id`) names it.
+    pub key: Option<String>,
     pub operation: Option<String>,
     /// Object id, application id or sign-in name of the caller.
     pub caller: Option<String>,

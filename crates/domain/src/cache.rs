@@ -369,4 +369,13 @@ impl MetaStore for CachedStore {
     async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {
         self.inner.referenced_objects().await
     }
+    async fn put_delivery(&self, d: &crate::events::Delivery) -> Result<()> {
+        self.inner.put_delivery(d).await
+    }
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<crate::events::Delivery>> {
+        self.inner.due_deliveries(now, limit).await
+    }
+    async fn dead_letters(&self, subscription: &str) -> Result<Vec<crate::events::Delivery>> {
+        self.inner.dead_letters(subscription).await
+    }
 }

@@ -389,6 +389,7 @@ pub struct KeyVaultService {
     root: Arc<SealingKey>,
     backup_key: SealingKey,
     handles: KeyHandles,
+    events: std::sync::OnceLock<Arc<crate::events::EventService>>,
 }
 
 impl KeyVaultService {
@@ -406,7 +407,37 @@ impl KeyVaultService {
             root,
             backup_key,
             handles: KeyHandles::default(),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Publish key events (KeyNewVersionCreated) from now on.
+    pub fn set_events(&self, events: Arc<crate::events::EventService>) {
+        let _ = self.events.set(events);
+    }
+
+    /// The current version of every live key that has an expiry date:
+    /// (vault, key, version, exp, vault resource id).
+    pub async fn current_versions_with_expiry(
+        &self,
+    ) -> Result<Vec<(String, String, String, i64, String)>> {
+        let mut out = Vec::new();
+        for r in self.store.list_key_records(None).await? {
+            if r.deleted.is_some() {
+                continue;
+            }
+            let Some(v) = self.store.list_key_versions(&r.vault, &r.name).await?.pop() else {
+                continue;
+            };
+            let (Some(exp), true) = (v.exp, v.enabled) else {
+                continue;
+            };
+            let Ok(vault) = self.vault(&r.vault).await else {
+                continue;
+            };
+            out.push((vault.name, v.name, v.version, exp, vault.id));
+        }
+        Ok(out)
     }
 
     pub fn now(&self) -> i64 {
@@ -594,6 +625,18 @@ impl KeyVaultService {
             tags,
         };
         self.store.put_key(&record, Some(&v)).await?;
+        if let Some(ev) = self.events.get() {
+            ev.emit(crate::events::Event {
+                event_type: crate::events::KEY_NEW_VERSION,
+                source: vault.id.clone(),
+                subject: record.name.clone(),
+                data: serde_json::json!({
+                    "Id": format!("{}/keys/{}/{}", ev.vault_uri(&vault.name), record.name, v.version),
+                    "VaultName": vault.name, "ObjectType": "Key", "ObjectName": record.name,
+                    "Version": v.version, "NBF": v.nbf, "EXP": v.exp,
+                }),
+            });
+        }
         Ok(KeyView { record, version: v })
     }
 

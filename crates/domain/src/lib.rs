@@ -11,6 +11,7 @@ pub mod cache;
 pub mod clock;
 pub mod cmk;
 pub mod error;
+pub mod events;
 pub mod identity;
 pub mod keyvault;
 pub mod mgmt;

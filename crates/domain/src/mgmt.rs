@@ -29,6 +29,7 @@ pub struct MgmtConfig {
 }
 
 mod cmk;
+mod events;
 mod storage;
 pub use cmk::{CmkConfig, CmkHealth, CmkStats};
 pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
@@ -46,6 +47,7 @@ pub struct MgmtService {
     clock: Arc<Clock>,
     config: MgmtConfig,
     cmk: cmk::CmkState,
+    events: std::sync::OnceLock<Arc<crate::events::EventService>>,
 }
 
 /// Outcome of a PUT: the resource body and whether it was created (201) or updated (200).
@@ -180,7 +182,13 @@ impl MgmtService {
             clock,
             config,
             cmk: cmk::CmkState::new(vaults, changes, cmk_config),
+            events: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Publish storage events (CMK status and key-version changes) from now on.
+    pub fn set_events(&self, events: Arc<crate::events::EventService>) {
+        let _ = self.events.set(events);
     }
 
     /// Hold this while performing a management write (see `writes`).

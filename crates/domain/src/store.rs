@@ -127,4 +127,11 @@ pub trait MetaStore: Send + Sync {
     async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()>;
     /// Every object id referenced by a committed blob or a staged block.
     async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>>;
+
+    // ---- event outbox
+    async fn put_delivery(&self, d: &crate::events::Delivery) -> Result<()>;
+    /// Pending deliveries due at or before `now`, oldest first.
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<crate::events::Delivery>>;
+    /// Dead-lettered deliveries of one subscription, newest first.
+    async fn dead_letters(&self, subscription: &str) -> Result<Vec<crate::events::Delivery>>;
 }

@@ -37,6 +37,7 @@ pub struct Booted {
     pub mgmt: Arc<MgmtService>,
     pub keyvault: Arc<KeyVaultService>,
     pub blob: Arc<coffer_domain::blob::BlobService>,
+    pub events: Arc<coffer_domain::events::EventService>,
     pub tenant_id: String,
     pub subscription_id: String,
     pub first_start: bool,
@@ -54,6 +55,7 @@ pub struct BootParams<'a> {
     pub cmk: coffer_domain::mgmt::CmkConfig,
     /// Vaults on other servers (customer-managed keys held elsewhere).
     pub remote_vaults: Option<Arc<dyn coffer_domain::cmk::VaultClient>>,
+    pub events: coffer_domain::events::EventsConfig,
 }
 
 /// Create the data directory (mode 0700) if needed.
@@ -216,6 +218,14 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         );
         regions.insert(r.clone(), store);
     }
+    let events = coffer_domain::events::EventService::new(
+        dyn_store.clone(),
+        clock.clone(),
+        root.clone(),
+        p.events,
+    );
+    keyvault.set_events(events.clone());
+    mgmt.set_events(events.clone());
     let blob = Arc::new(coffer_domain::blob::BlobService::new(
         dyn_store.clone(),
         mgmt.clone(),
@@ -250,6 +260,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
         mgmt,
         keyvault,
         blob,
+        events,
         tenant_id,
         subscription_id,
         first_start,

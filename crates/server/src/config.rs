@@ -74,6 +74,15 @@ pub struct ServerArgs {
     /// verifies). Unset: keep every record.
     #[arg(long, env = "COFFER_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u32>,
+    /// PEM CA certificates to trust for event webhook endpoints, in addition to the system's.
+    #[arg(long, env = "COFFER_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Days before a key version's expiry that KeyNearExpiry is sent [default: 30].
+    #[arg(long, env = "COFFER_NEAR_EXPIRY_DAYS")]
+    pub near_expiry_days: Option<u32>,
+    /// Seconds before the first webhook retry; each retry doubles it, up to an hour [default: 10].
+    #[arg(long, env = "COFFER_WEBHOOK_RETRY_SECONDS")]
+    pub webhook_retry_seconds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +104,9 @@ struct FileConfig {
     cmk_cache_ttl: Option<u64>,
     cmk_poll_interval: Option<u64>,
     audit_retention_days: Option<u32>,
+    webhook_ca_file: Option<PathBuf>,
+    near_expiry_days: Option<u32>,
+    webhook_retry_seconds: Option<u32>,
     /// Vaults on other servers that hold customer-managed keys of this server's accounts.
     remote_vaults: Option<Vec<crate::remote_vault::RemoteVaultConfig>>,
 }
@@ -117,6 +129,9 @@ pub struct ServerConfig {
     pub remote_vaults: Vec<crate::remote_vault::RemoteVaultConfig>,
     /// Seconds audit records are kept (None: forever).
     pub audit_retention: Option<i64>,
+    pub webhook_ca_file: Option<PathBuf>,
+    pub near_expiry_days: i64,
+    pub webhook_retry_seconds: i64,
 }
 
 /// A CMK interval in seconds: 1 to 86400, default 60.
@@ -215,6 +230,17 @@ impl ServerConfig {
             test_clock: args.test_clock || file.test_clock.unwrap_or(false),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             remote_vaults: file.remote_vaults.unwrap_or_default(),
+            webhook_ca_file: args.webhook_ca_file.or(file.webhook_ca_file),
+            near_expiry_days: match args.near_expiry_days.or(file.near_expiry_days) {
+                None => 30,
+                Some(d) if (1..=365).contains(&d) => i64::from(d),
+                Some(_) => bail!("--near-expiry-days must be between 1 and 365"),
+            },
+            webhook_retry_seconds: match args.webhook_retry_seconds.or(file.webhook_retry_seconds) {
+                None => 10,
+                Some(s) if (1..=3600).contains(&s) => i64::from(s),
+                Some(_) => bail!("--webhook-retry-seconds must be between 1 and 3600"),
+            },
             audit_retention: match args.audit_retention_days.or(file.audit_retention_days) {
                 None => None,
                 Some(0) => bail!("--audit-retention-days must be at least 1"),

@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod remote_vault;
 pub mod run;
 pub mod tls;
+pub mod webhooks;
 
 pub use config::ServerConfig;
 pub use run::run;

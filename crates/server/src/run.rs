@@ -72,6 +72,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 &cfg.remote_vaults,
             )?))
         },
+        events: coffer_domain::events::EventsConfig {
+            retry_base: cfg.webhook_retry_seconds,
+            near_expiry_days: cfg.near_expiry_days,
+            vault_dns_suffix: endpoints.vault_dns_suffix(),
+        },
     })
     .await?;
     let tls = tls::prepare(booted.store.as_ref(), &booted.root, &cfg).await?;
@@ -110,7 +115,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         faults,
         audit_retention: cfg.audit_retention,
         metrics,
+        events: booted.events.clone(),
     });
+    booted.events.connect(
+        Arc::new(crate::webhooks::HttpsWebhooks::new(
+            cfg.webhook_ca_file.as_deref(),
+        )?),
+        state.audit.clone(),
+    );
     // CMK accounts with an in-process vault follow key changes as they happen.
     let _cmk_watcher = booted.mgmt.spawn_cmk_watcher();
     let (tx, rx) = watch::channel(false);

@@ -206,6 +206,13 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0006_audit_chain.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            7,
+            Cow::Borrowed("event deliveries"),
+            MigrationType::Simple,
+            include_str!("../migrations/0007_event_deliveries.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -1004,6 +1011,49 @@ impl MetaStore for SqliteStore {
         }
         Ok(out)
     }
+
+    async fn put_delivery(&self, d: &coffer_domain::events::Delivery) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO event_delivery (id, subscription, state, due, data) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state, due = excluded.due, data = excluded.data",
+        )
+        .bind(&d.id)
+        .bind(lc(&d.subscription))
+        .bind(&d.state)
+        .bind(d.due)
+        .bind(to_json(d)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<coffer_domain::events::Delivery>> {
+        self.fetch_all_data(
+            sqlx::query(
+                "SELECT data FROM event_delivery WHERE state = 'pending' AND due <= ? ORDER BY due LIMIT ?",
+            )
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(1000)),
+        )
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        subscription: &str,
+    ) -> Result<Vec<coffer_domain::events::Delivery>> {
+        self.fetch_all_data(
+            sqlx::query(
+                "SELECT data FROM event_delivery WHERE subscription = ? AND state = 'deadLettered' ORDER BY rowid DESC",
+            )
+            .bind(lc(subscription)),
+        )
+        .await
+    }
 }
 
 #[async_trait]
@@ -1064,6 +1114,16 @@ impl AuditSink for SqliteStore {
                     binds.push(v);
                 }
             }
+        }
+        if let Some(k) = &f.key {
+            sql.push_str(" AND (lower(json_extract(data, '$.properties.id')) LIKE ? ESCAPE '\\' OR lower(json_extract(data, '$.properties.id')) LIKE ? ESCAPE '\\')");
+            let esc = k
+                .to_ascii_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            binds.push(format!("%/keys/{esc}"));
+            binds.push(format!("%/keys/{esc}/%"));
         }
         sql.push_str(" ORDER BY seq LIMIT ?");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(f.after.unwrap_or(0));
@@ -1266,6 +1326,45 @@ mod tests {
         let recs = s.audit_records().await?;
         assert_eq!(recs.len(), 50);
         assert_eq!(recs[0]["message"], "it's \"quoted\"");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn audit_retention_prunes_whole_batches_and_the_rest_verifies() -> Result<()> {
+        use coffer_domain::audit::chain::{Signer, Verdict};
+        let s = SqliteStore::memory().await?;
+        let signer =
+            Signer::from_seed(&[9u8; 32]).ok_or_else(|| DomainError::Internal("signer".into()))?;
+        let pk = signer.public_key();
+        s.set_audit_signer(signer);
+        for t in [100, 200, 300, 400] {
+            s.record(&AuditRecord {
+                time: t,
+                operation_name: format!("op{t}"),
+                ..Default::default()
+            })
+            .await?;
+        }
+        assert!(matches!(
+            s.verify_audit(&pk).await?,
+            Verdict::Intact { records: 4, .. }
+        ));
+        // Everything before 250: the two oldest records go, the rest still verifies.
+        assert_eq!(s.prune(250).await?, 2);
+        assert!(matches!(
+            s.verify_audit(&pk).await?,
+            Verdict::Intact { records: 2, .. }
+        ));
+        let left = s
+            .query(&coffer_domain::audit::AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0]["operationName"], "op300");
+        // Pruning again with the same cut deletes nothing.
+        assert_eq!(s.prune(250).await?, 0);
         Ok(())
     }
 

@@ -262,8 +262,10 @@ fn norm_region(r: &str) -> String {
 }
 
 impl MgmtService {
+    #[allow(clippy::too_many_arguments)]
     fn cmk_health_put(
         &self,
+        account_id: &str,
         account: &str,
         status: CmkStatus,
         message: String,
@@ -272,6 +274,25 @@ impl MgmtService {
     ) {
         let now = self.clock.now();
         if let Ok(mut h) = self.cmk.health.lock() {
+            let before = h.get(account).map(|x| x.status);
+            let changed = match before {
+                Some(b) => b != status,
+                None => status != CmkStatus::Healthy,
+            };
+            if changed && let Some(ev) = self.events.get() {
+                ev.emit(crate::events::Event {
+                    event_type: crate::events::CMK_STATUS_CHANGED,
+                    source: account_id.to_string(),
+                    subject: account.to_string(),
+                    data: json!({
+                        "storageAccountId": account_id,
+                        "oldStatus": before.map(CmkStatus::as_str),
+                        "newStatus": status.as_str(),
+                        "keyVersion": key_version,
+                        "message": message,
+                    }),
+                });
+            }
             let prev = h.get(account).and_then(|x| x.last_unwrap);
             h.insert(
                 account.to_string(),
@@ -356,7 +377,7 @@ impl MgmtService {
     fn cmk_fail(&self, r: &Resource, f: CmkFailure, version: &str) -> DomainError {
         tracing::warn!(account = %r.name, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
         self.cmk_forget(&r.name);
-        self.cmk_health_put(&r.name, f.status, f.message.clone(), version, false);
+        self.cmk_health_put(&r.id, &r.name, f.status, f.message.clone(), version, false);
         unavailable(&f)
     }
 
@@ -453,7 +474,14 @@ impl MgmtService {
                 },
             );
         }
-        self.cmk_health_put(&r.name, CmkStatus::Healthy, String::new(), &version, true);
+        self.cmk_health_put(
+            &r.id,
+            &r.name,
+            CmkStatus::Healthy,
+            String::new(),
+            &version,
+            true,
+        );
         Ok(aek)
     }
 
@@ -482,6 +510,18 @@ impl MgmtService {
         kvp["currentVersionedKeyExpirationTimestamp"] =
             info.exp.map(|e| json!(rfc3339(e))).unwrap_or(Value::Null);
         self.store.put_resource(&cur).await?;
+        if let Some(ev) = self.events.get() {
+            ev.emit(crate::events::Event {
+                event_type: crate::events::CMK_VERSION_CHANGED,
+                source: cur.id.clone(),
+                subject: cur.name.clone(),
+                data: json!({
+                    "storageAccountId": cur.id,
+                    "previousKeyIdentifier": rec.current.kid(rec.current.version.as_deref().unwrap_or_default()),
+                    "currentVersionedKeyIdentifier": next.kid(version),
+                }),
+            });
+        }
         Ok(true)
     }
 
@@ -527,7 +567,14 @@ impl MgmtService {
         }
         if let Ok(rec) = self.cmk_pickup(&r, rec, "", true).await {
             let version = rec.current.version.clone().unwrap_or_default();
-            self.cmk_health_put(&r.name, CmkStatus::Healthy, String::new(), &version, false);
+            self.cmk_health_put(
+                &r.id,
+                &r.name,
+                CmkStatus::Healthy,
+                String::new(),
+                &version,
+                false,
+            );
         }
     }
 
@@ -773,7 +820,9 @@ impl MgmtService {
         if let Ok(mut c) = self.cmk.cache.lock() {
             c.remove(&name);
         }
+        let account_id = body["id"].as_str().unwrap_or_default().to_string();
         self.cmk_health_put(
+            &account_id,
             &name,
             CmkStatus::Healthy,
             String::new(),
@@ -896,6 +945,36 @@ impl MgmtService {
             }),
             None => json!({"status": "Unknown", "keyVersionInUse": current, "vaultCalls": calls}),
         };
+    }
+
+    /// Whether the metadata store answers (readiness).
+    pub async fn store_ready(&self) -> Result<()> {
+        self.store.list_subscriptions().await.map(|_| ())
+    }
+
+    /// Storage accounts whose customer-managed key is not healthy, as last observed (a
+    /// management-plane view for operators).
+    pub async fn unhealthy_cmk_accounts(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for r in self.cmk_accounts().await? {
+            let h = self
+                .cmk
+                .health
+                .lock()
+                .ok()
+                .and_then(|h| h.get(&r.name).cloned());
+            if let Some(h) = h.filter(|h| h.status != CmkStatus::Healthy) {
+                out.push(json!({
+                    "storageAccountId": r.id,
+                    "status": h.status.as_str(),
+                    "message": h.message,
+                    "keyVersionInUse": h.key_version,
+                    "lastSuccessfulUnwrapTime": h.last_unwrap.map(rfc3339),
+                    "lastCheckTime": rfc3339(h.checked),
+                }));
+            }
+        }
+        Ok(out)
     }
 
     /// Counters and statuses for metrics.
