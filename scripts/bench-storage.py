@@ -361,9 +361,14 @@ CURL_BASE = ["curl", "-sS", "--http1.1", "--tlsv1.3", "--noproxy", "*", "-H", f"
              "-w", "%{http_code} %{size_upload} %{size_download} %{time_total}"]
 
 
-def curl_cmd(srv: Server, blob: str, upload: Optional[Path] = None, out: str = "/dev/null") -> list[str]:
+def curl_cmd(srv: Server, blob: str, upload: Optional[Path] = None, stream: bool = False,
+             out: str = "/dev/null") -> list[str]:
+    """`--data-binary @file` reads the file into curl's memory first (at most 1 GiB in curl 7.88);
+    `stream` uses `-T file` instead (a streamed PUT), for the memory figures."""
     cmd = CURL_BASE + ["--cacert", srv.ca, "-o", out]
-    if upload is not None:
+    if upload is not None and stream:
+        cmd += ["-H", "x-ms-blob-type: BlockBlob", "-T", str(upload)]
+    elif upload is not None:
         cmd += ["-X", "PUT", "-H", "x-ms-blob-type: BlockBlob", "--data-binary", f"@{upload}"]
     return cmd + [srv.url(blob)]
 
@@ -372,7 +377,7 @@ def curl(srv: Server, blob: str, size: int, upload: Optional[Path] = None,
          mem: bool = False) -> dict:
     """One timed curl transfer: MB/s from curl's time_total, server CPU and context switches."""
     os.sync()  # earlier writes' writeback does not land on this transfer
-    cmd = curl_cmd(srv, blob, upload)
+    cmd = curl_cmd(srv, blob, upload, stream=mem)
     sampler = MemSampler(srv.pid) if mem else None
     if sampler:
         sampler.start()
@@ -797,7 +802,8 @@ def report(args, m, bench: Bench, tp: dict, small: dict, mem: dict, load: dict, 
                        f"| {sum(r['errors'] for r in rs)} |")
     out.append("")
     if mem:
-        out.append(f"Memory: one {a.mem_mib} MiB Put Blob with curl, then one download of it; VmHWM reset "
+        out.append(f"Memory: one {a.mem_mib} MiB Put Blob with curl (`-T file`, streamed: curl 7.88 refuses "
+                   f"`--data-binary @file` of 1 GiB), then one download of it; VmHWM reset "
                    f"(`echo 5 > /proc/<pid>/clear_refs`) before each, VmRSS sampled every 10 ms.\n")
         out.append("| server | transfer | MB/s | VmRSS before, MiB | largest VmRSS sampled, MiB | VmHWM after, MiB |")
         out.append("|---|---|---|---|---|---|")

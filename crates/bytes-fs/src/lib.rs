@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use coffer_domain::bytes::{ByteStore, ObjectWriter, check_object_id};
 use coffer_domain::{DomainError, Result};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub struct FsByteStore {
     root: PathBuf,
@@ -93,18 +93,45 @@ impl ByteStore for FsByteStore {
         }))
     }
 
+    /// One positioned read on the blocking pool (open + pread): a single thread hand-off,
+    /// where tokio::fs would make one per call (open, seek, read).
     async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let mut f = tokio::fs::File::open(self.path(object_id)?)
-            .await
-            .map_err(io)?;
-        f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
-        let mut buf = vec![
-            0u8;
-            usize::try_from(len)
-                .map_err(|_| DomainError::Internal("read too large".into()))?
-        ];
-        f.read_exact(&mut buf).await.map_err(io)?;
-        Ok(buf)
+        let path = self.path(object_id)?;
+        let len =
+            usize::try_from(len).map_err(|_| DomainError::Internal("read too large".into()))?;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(path)?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|_| DomainError::Internal("byte store read task".into()))?
+        .map_err(io)
+    }
+
+    async fn read_prefix(&self, object_id: &str, max: u64) -> Result<Vec<u8>> {
+        let path = self.path(object_id)?;
+        let max =
+            usize::try_from(max).map_err(|_| DomainError::Internal("read too large".into()))?;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(path)?;
+            let mut buf = vec![0u8; max];
+            let mut got = 0;
+            while got < max {
+                match f.read_at(&mut buf[got..], got as u64)? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            buf.truncate(got);
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await
+        .map_err(|_| DomainError::Internal("byte store read task".into()))?
+        .map_err(io)
     }
 
     async fn list_older_than(&self, age: std::time::Duration) -> Result<Vec<String>> {

@@ -89,6 +89,19 @@ async fn audit_verify_detects_edits_deletions_reordering_and_truncation() -> any
     let n = v["records"].as_i64().unwrap_or(0);
     assert!(n >= 8, "{v}");
     let head = v["headSeq"].as_i64().unwrap_or(0);
+    // Checkpoints are periodic (the first batch always gets one): the newest one's record.
+    let last_checkpoint: i64 = {
+        let mut db = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.join("coffer.db").display()
+        ))
+        .await?;
+        let n = sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoint")
+            .fetch_one(&mut db)
+            .await?;
+        db.close().await?;
+        n
+    };
 
     let cases: Vec<(&str, Vec<String>, i64)> = vec![
         (
@@ -114,7 +127,12 @@ async fn audit_verify_detects_edits_deletions_reordering_and_truncation() -> any
         (
             "forged-checkpoint",
             vec!["UPDATE audit_checkpoint SET sig = (CASE WHEN substr(sig, 1, 1) = '0' THEN '1' ELSE '0' END) || substr(sig, 2) WHERE seq = (SELECT MAX(seq) FROM audit_checkpoint)".into()],
-            head,
+            last_checkpoint,
+        ),
+        (
+            "forged-append",
+            vec![format!("INSERT INTO audit (seq, time, data, hash) VALUES ({}, 1, '{{}}', '{}')", head + 1, "ab".repeat(32))],
+            head + 1,
         ),
     ];
     for (name, sql, first_bad) in cases {

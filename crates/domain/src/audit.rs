@@ -76,29 +76,40 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
-/// The tamper-evident audit log: every record is chained to the one before it by SHA-256, and
-/// every batch the store commits ends with a checkpoint — the chain head signed with an
-/// Ed25519 key derived from the root key. An edit, deletion or reordering breaks the chain
-/// or a checkpoint; records after the last checkpoint are refused as unsigned. Truncating whole
-/// batches at the end leaves a shorter valid log: anchor the head (`coffer audit verify`
-/// prints it) outside the server to detect that too.
+/// The tamper-evident audit log. Every record is chained to the one before it by
+/// HMAC-SHA256 under a key derived from the root key, so nobody without that key can edit,
+/// remove, reorder or add a record without breaking the chain; the store keeps the chain head
+/// beside the log (a trigger updates it with every insert), so records cut off the end are
+/// noticed too; and periodic checkpoints sign the head with an Ed25519 key, also derived from
+/// the root key, which anyone with the public key can check. A consistent rewrite of the head
+/// and the log's end is only detectable against a copy of the head kept elsewhere
+/// (`coffer audit verify` prints it).
 pub mod chain {
-    use aws_lc_rs::digest;
+    use aws_lc_rs::hmac;
     use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
     pub type Hash = [u8; 32];
     pub const GENESIS: Hash = [0u8; 32];
 
-    /// `H(prev ‖ seq ‖ time ‖ data)`, each length-delimited by construction (fixed widths, data last).
-    pub fn link(prev: &Hash, seq: i64, time: i64, data: &str) -> Hash {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"coffer-audit-v1");
+    /// The chain key (HMAC-SHA256).
+    pub struct ChainKey(hmac::Key);
+
+    impl ChainKey {
+        pub fn new(secret: &[u8]) -> Self {
+            Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        }
+    }
+
+    /// `HMAC(prev ‖ seq ‖ time ‖ data)`, unambiguous by construction (fixed widths, data last).
+    pub fn link(key: &ChainKey, prev: &Hash, seq: i64, time: i64, data: &str) -> Hash {
+        let mut ctx = hmac::Context::with_key(&key.0);
+        ctx.update(b"coffer-audit-v2");
         ctx.update(prev);
         ctx.update(&seq.to_be_bytes());
         ctx.update(&time.to_be_bytes());
         ctx.update(data.as_bytes());
         let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
+        out.copy_from_slice(ctx.sign().as_ref());
         out
     }
 
@@ -157,19 +168,23 @@ pub mod chain {
         Broken { seq: i64, reason: String },
     }
 
-    /// Check the whole log against the checkpoint key.
+    /// Check the whole log: the chain (`key`), the stored head, and every checkpoint
+    /// (`public_key`).
     pub fn verify(
         rows: impl IntoIterator<Item = Row>,
         checkpoints: &[Checkpoint],
+        head: Option<(i64, String)>,
+        key: &ChainKey,
         public_key: &[u8],
     ) -> Verdict {
-        let key = UnparsedPublicKey::new(&signature::ED25519, public_key);
+        let verifier = UnparsedPublicKey::new(&signature::ED25519, public_key);
         for c in checkpoints {
             let ok = hex::decode(&c.hash)
                 .ok()
                 .and_then(|h| <Hash>::try_from(h).ok())
                 .is_some_and(|h| {
-                    key.verify(&checkpoint_message(c.seq, &h, c.time), &c.sig)
+                    verifier
+                        .verify(&checkpoint_message(c.seq, &h, c.time), &c.sig)
                         .is_ok()
                 });
             if !ok {
@@ -230,7 +245,7 @@ pub mod chain {
                 };
                 return Verdict::Broken { seq: e, reason };
             }
-            let h = link(&prev, r.seq, r.time, &r.data);
+            let h = link(key, &prev, r.seq, r.time, &r.data);
             if hex::encode(h) != *stored {
                 return Verdict::Broken {
                     seq: r.seq,
@@ -282,14 +297,23 @@ pub mod chain {
                 ),
             };
         }
-        if head_seq > last_good_checkpoint {
-            return Verdict::Broken {
-                seq: last_good_checkpoint + 1,
-                reason: format!(
-                    "records {}..={head_seq} are not covered by a signed checkpoint (added outside the server)",
-                    last_good_checkpoint + 1
-                ),
-            };
+        let _ = last_good_checkpoint;
+        if let Some((hs, hh)) = &head {
+            if *hs > head_seq {
+                return Verdict::Broken {
+                    seq: head_seq + 1,
+                    reason: format!(
+                        "records {}..={hs} are missing (truncated; the log's head is record {hs})",
+                        head_seq + 1
+                    ),
+                };
+            }
+            if *hs == head_seq && *hh != hex::encode(prev) {
+                return Verdict::Broken {
+                    seq: head_seq,
+                    reason: format!("record {head_seq} does not match the log's head"),
+                };
+            }
         }
         Verdict::Intact {
             records,
@@ -303,13 +327,17 @@ pub mod chain {
     mod tests {
         use super::*;
 
+        fn key() -> ChainKey {
+            ChainKey::new(&[3u8; 32])
+        }
+
         fn log(n: i64, signer: &Signer) -> (Vec<Row>, Vec<Checkpoint>) {
             let mut prev = GENESIS;
             let mut rows = Vec::new();
             let mut cps = Vec::new();
             for seq in 1..=n {
                 let data = format!("{{\"n\":{seq}}}");
-                prev = link(&prev, seq, 100 + seq, &data);
+                prev = link(&key(), &prev, seq, 100 + seq, &data);
                 rows.push(Row {
                     seq,
                     time: 100 + seq,
@@ -343,63 +371,69 @@ pub mod chain {
             let pk = signer.public_key();
             let (rows, cps) = log(10, &signer);
             assert!(matches!(
-                verify(rows, &cps, &pk),
+                verify(rows, &cps, None, &key(), &pk),
                 Verdict::Intact { records: 10, .. }
             ));
             // Edited.
             let (mut rows, cps) = log(10, &signer);
             rows[4].data = "{\"n\":999}".into();
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 5);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 5);
             // Edited with the hashes of the rest recomputed: the checkpoint catches it.
             let (mut rows, cps) = log(10, &signer);
-            let mut prev = link(&GENESIS, 1, 101, &rows[0].data);
+            let mut prev = link(&key(), &GENESIS, 1, 101, &rows[0].data);
             for (i, r) in rows.iter_mut().enumerate().skip(1) {
                 if i == 4 {
                     r.data = "{\"n\":999}".into();
                 }
-                prev = link(&prev, r.seq, r.time, &r.data);
+                prev = link(&key(), &prev, r.seq, r.time, &r.data);
                 r.hash = Some(hex::encode(prev));
             }
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 4);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 4);
             // Deleted.
             let (mut rows, cps) = log(10, &signer);
             rows.remove(6);
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 7);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 7);
             // Reordered.
             let (mut rows, cps) = log(10, &signer);
             rows.swap(2, 3);
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 3);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 3);
             // Truncated (the last checkpoint remains).
             let (mut rows, cps) = log(10, &signer);
             rows.truncate(8);
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 9);
-            // Appended without a checkpoint.
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 9);
+            // Truncated after the last checkpoint: the stored head notices.
+            let (mut rows, cps) = log(11, &signer);
+            let head = rows.last().and_then(|r| r.hash.clone()).map(|h| (11, h));
+            rows.truncate(10);
+            let cps: Vec<_> = cps.into_iter().filter(|c| c.seq <= 10).collect();
+            assert_eq!(broken_at(verify(rows, &cps, head, &key(), &pk)), 11);
+            // Appended by someone without the chain key.
             let (mut rows, cps) = log(10, &signer);
-            let h = link(&GENESIS, 11, 111, "{}");
+            let h = link(&ChainKey::new(&[4u8; 32]), &GENESIS, 11, 111, "{}");
             rows.push(Row {
                 seq: 11,
                 time: 111,
                 data: "{}".into(),
                 hash: Some(hex::encode(h)),
             });
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 11);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 11);
             // A forged checkpoint.
             let (rows, mut cps) = log(10, &signer);
             cps[0].sig[0] ^= 1;
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 3);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 3);
             // Pruned through a checkpoint (retention): the rest verifies.
             let (mut rows, mut cps) = log(10, &signer);
             rows.drain(..6);
             cps.retain(|c| c.seq >= 6);
             assert!(matches!(
-                verify(rows, &cps, &pk),
+                verify(rows, &cps, None, &key(), &pk),
                 Verdict::Intact { records: 4, .. }
             ));
             // Pruned without an anchor: refused.
             let (mut rows, mut cps) = log(10, &signer);
             rows.drain(..4);
             cps.retain(|c| c.seq >= 6);
-            assert_eq!(broken_at(verify(rows, &cps, &pk)), 4);
+            assert_eq!(broken_at(verify(rows, &cps, None, &key(), &pk)), 4);
         }
     }
 }

@@ -162,12 +162,17 @@ impl BlobReader {
             blob: self.blob.clone(),
             object_id: part.object_id.clone(),
         };
-        // Header: 24 fixed bytes up to the AEK id length, the id, its wrapped-DEK length
-        // byte and the 40-byte wrapped DEK (docs/design/blob-format.md).
-        let fixed = self.bytes.read(&part.object_id, 0, 24).await?;
-        let header_len = 24 + u64::from(fixed[23]) + 1 + 40;
-        let head = self.bytes.read(&part.object_id, 0, header_len).await?;
-        let dec = ObjectDecryptor::new(&self.aek, &head, &identity).map_err(|_| {
+        // Header: 24 fixed bytes up to the AEK id length, the id (at most 255 bytes), its
+        // wrapped-DEK length byte and the 40-byte wrapped DEK (docs/design/blob-format.md),
+        // read in one call.
+        let prefix = self
+            .bytes
+            .read_prefix(&part.object_id, 24 + 255 + 1 + 40)
+            .await?;
+        let short = || DomainError::Internal("a stored blob header is truncated".into());
+        let header_len = 24 + usize::from(*prefix.get(23).ok_or_else(short)?) + 1 + 40;
+        let head = prefix.get(..header_len).ok_or_else(short)?;
+        let dec = ObjectDecryptor::new(&self.aek, head, &identity).map_err(|_| {
             DomainError::Internal("a stored blob header failed authentication".into())
         })?;
         if dec.header.plaintext_len != part.size {

@@ -22,6 +22,9 @@ pub trait ByteStore: Send + Sync {
     async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Read `len` bytes at `offset` (fails if the object is shorter).
     async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// Read up to `max` bytes from the start (fewer when the object is shorter): one call for
+    /// an object's header, whatever its length.
+    async fn read_prefix(&self, object_id: &str, max: u64) -> Result<Vec<u8>>;
     async fn delete(&self, object_id: &str) -> Result<()>;
     /// Objects (and abandoned partial writes) last modified more than `age` ago: candidates
     /// for garbage collection.

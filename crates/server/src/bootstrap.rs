@@ -85,11 +85,16 @@ pub async fn unseal_signing_key(
         .map_err(|_| anyhow!("the signing key cannot be unsealed"))
 }
 
-/// The key that signs audit checkpoints, derived from the root key (never stored).
-pub fn audit_signer(root: &SealingKey) -> anyhow::Result<coffer_domain::audit::chain::Signer> {
+/// The audit chain's HMAC key and checkpoint signing key, derived from the root key (never
+/// stored).
+pub fn audit_keys(root: &SealingKey) -> anyhow::Result<coffer_store_sqlite::AuditKeys> {
     let seed = root.derive("audit-checkpoint-ed25519")?;
-    coffer_domain::audit::chain::Signer::from_seed(seed.expose())
-        .ok_or_else(|| anyhow!("the audit checkpoint key cannot be derived"))
+    let chain = root.derive("audit-chain-hmac")?;
+    Ok(coffer_store_sqlite::AuditKeys {
+        chain: coffer_domain::audit::chain::ChainKey::new(chain.expose()),
+        signer: coffer_domain::audit::chain::Signer::from_seed(seed.expose())
+            .ok_or_else(|| anyhow!("the audit checkpoint key cannot be derived"))?,
+    })
 }
 
 /// Verify the audit log of a data directory (the server may be running).
@@ -107,7 +112,7 @@ pub async fn verify_audit(
     let root = unseal(data_dir, seal_key_file)?;
     let store = SqliteStore::open(&db).await.map_err(|e| anyhow!("{e}"))?;
     let v = store
-        .verify_audit(&audit_signer(&root)?.public_key())
+        .verify_audit(&audit_keys(&root)?)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     store.close().await;
@@ -122,7 +127,7 @@ pub async fn boot(p: BootParams<'_>) -> anyhow::Result<Booted> {
             .await
             .map_err(|e| anyhow!("{e}"))?,
     );
-    store.set_audit_signer(audit_signer(&root)?);
+    store.set_audit_keys(audit_keys(&root)?);
     let clock = Arc::new(if p.test_clock {
         Clock::shiftable()
     } else {

@@ -41,22 +41,34 @@ type AuditJob = (i64, String, tokio::sync::oneshot::Sender<Result<()>>);
 /// disk's small-write rate.
 struct AuditWriter {
     tx: tokio::sync::mpsc::Sender<AuditJob>,
-    signer: Arc<OnceLock<chain::Signer>>,
+    keys: Arc<OnceLock<AuditKeys>>,
 }
+
+/// The keys of the audit chain (set once at start-up, derived from the root key).
+pub struct AuditKeys {
+    pub chain: chain::ChainKey,
+    pub signer: chain::Signer,
+}
+
+/// A checkpoint is signed when this many records or this much time passed since the last.
+const CHECKPOINT_RECORDS: i64 = 1000;
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const AUDIT_BATCH: usize = 512;
 
-/// The chain head the next record links to.
+/// The chain head the next record links to, and when the last checkpoint was signed.
 struct Head {
     seq: i64,
     hash: chain::Hash,
+    checkpointed_seq: i64,
+    checkpointed_at: Option<std::time::Instant>,
 }
 
 impl AuditWriter {
     fn start(pool: SqlitePool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<AuditJob>(4096);
-        let signer: Arc<OnceLock<chain::Signer>> = Arc::new(OnceLock::new());
-        let sign = signer.clone();
+        let keys: Arc<OnceLock<AuditKeys>> = Arc::new(OnceLock::new());
+        let sign = keys.clone();
         tokio::spawn(async move {
             let mut head = None;
             let mut batch = Vec::with_capacity(AUDIT_BATCH);
@@ -78,7 +90,7 @@ impl AuditWriter {
                 }
             }
         });
-        Self { tx, signer }
+        Self { tx, keys }
     }
 
     async fn load_head(pool: &SqlitePool) -> std::result::Result<Head, sqlx::Error> {
@@ -89,9 +101,13 @@ impl AuditWriter {
             None => Head {
                 seq: 0,
                 hash: chain::GENESIS,
+                checkpointed_seq: 0,
+                checkpointed_at: None,
             },
             Some(r) => Head {
                 seq: r.get("seq"),
+                checkpointed_seq: 0,
+                checkpointed_at: None,
                 // Records from before chaining: the chain starts after them.
                 hash: r
                     .get::<Option<String>, _>("hash")
@@ -101,41 +117,63 @@ impl AuditWriter {
         })
     }
 
-    /// One statement per batch (a JSON array expanded by `json_each`) and its checkpoint, in
-    /// one transaction: one round trip to SQLite's worker thread and one fsync.
+    /// One statement per batch (a JSON array expanded by `json_each`; a trigger moves the
+    /// stored head): one round trip to SQLite's worker thread and one fsync. When a checkpoint
+    /// is due, it is signed and written in the same transaction.
     async fn commit(
         pool: &SqlitePool,
         batch: &[AuditJob],
         head: &mut Head,
-        signer: Option<&chain::Signer>,
+        keys: Option<&AuditKeys>,
     ) -> std::result::Result<(), sqlx::Error> {
+        let unkeyed;
+        let chain_key = match keys {
+            Some(k) => &k.chain,
+            None => {
+                unkeyed = chain::ChainKey::new(&[0u8; 32]);
+                &unkeyed
+            }
+        };
         let (mut seq, mut hash) = (head.seq, head.hash);
         let mut rows = Vec::with_capacity(batch.len());
         let mut last_time = 0;
         for (time, data, _) in batch {
             seq += 1;
-            hash = chain::link(&hash, seq, *time, data);
+            hash = chain::link(chain_key, &hash, seq, *time, data);
             last_time = *time;
             rows.push(serde_json::json!([seq, time, data, hex::encode(hash)]));
         }
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO audit (seq, time, data, hash) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?) ORDER BY key",
         )
-        .bind(serde_json::Value::Array(rows).to_string())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(s) = signer {
-            sqlx::query("INSERT INTO audit_checkpoint (seq, hash, time, sig) VALUES (?, ?, ?, ?)")
+        .bind(serde_json::Value::Array(rows).to_string());
+        let due = head
+            .checkpointed_at
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_INTERVAL)
+            || seq - head.checkpointed_seq >= CHECKPOINT_RECORDS;
+        match keys.filter(|_| due) {
+            Some(k) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                insert.execute(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO audit_checkpoint (seq, hash, time, sig) VALUES (?, ?, ?, ?)",
+                )
                 .bind(seq)
                 .bind(hex::encode(hash))
                 .bind(last_time)
-                .bind(hex::encode(s.sign(seq, &hash, last_time)))
+                .bind(hex::encode(k.signer.sign(seq, &hash, last_time)))
                 .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
+                head.checkpointed_seq = seq;
+                head.checkpointed_at = Some(std::time::Instant::now());
+            }
+            None => {
+                insert.execute(pool).await?;
+            }
         }
-        tx.commit().await?;
-        *head = Head { seq, hash };
+        head.seq = seq;
+        head.hash = hash;
         Ok(())
     }
 }
@@ -211,6 +249,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("event deliveries"),
             MigrationType::Simple,
             include_str!("../migrations/0007_event_deliveries.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            8,
+            Cow::Borrowed("audit head"),
+            MigrationType::Simple,
+            include_str!("../migrations/0008_audit_head.sql").into_sql_str(),
             false,
         ),
     ])
@@ -1195,14 +1240,19 @@ impl SqliteStore {
             .await
     }
 
-    /// Sign a checkpoint after every audit batch from now on (set once, at start-up, with the
-    /// key derived from the root key).
-    pub fn set_audit_signer(&self, signer: chain::Signer) {
-        let _ = self.audit.signer.set(signer);
+    /// Key the audit chain and sign checkpoints from now on (set once, at start-up, with keys
+    /// derived from the root key).
+    pub fn set_audit_keys(&self, keys: AuditKeys) {
+        let _ = self.audit.keys.set(keys);
     }
 
-    /// Check the stored audit log against the checkpoint key (see `chain::verify`).
-    pub async fn verify_audit(&self, public_key: &[u8]) -> Result<chain::Verdict> {
+    /// Check the stored audit log (see `chain::verify`).
+    pub async fn verify_audit(&self, keys: &AuditKeys) -> Result<chain::Verdict> {
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .map(|r| (r.get::<i64, _>("seq"), r.get::<String, _>("hash")));
         let cps = sqlx::query("SELECT seq, hash, time, sig FROM audit_checkpoint ORDER BY seq")
             .fetch_all(&self.pool)
             .await
@@ -1226,7 +1276,13 @@ impl SqliteStore {
                 data: r.get("data"),
                 hash: r.get("hash"),
             });
-        Ok(chain::verify(rows, &cps, public_key))
+        Ok(chain::verify(
+            rows,
+            &cps,
+            head,
+            &keys.chain,
+            &keys.signer.public_key(),
+        ))
     }
 }
 
@@ -1331,12 +1387,17 @@ mod tests {
 
     #[tokio::test]
     async fn audit_retention_prunes_whole_batches_and_the_rest_verifies() -> Result<()> {
-        use coffer_domain::audit::chain::{Signer, Verdict};
+        use coffer_domain::audit::chain::{ChainKey, Signer, Verdict};
         let s = SqliteStore::memory().await?;
-        let signer =
-            Signer::from_seed(&[9u8; 32]).ok_or_else(|| DomainError::Internal("signer".into()))?;
-        let pk = signer.public_key();
-        s.set_audit_signer(signer);
+        let keys = || -> Result<AuditKeys> {
+            Ok(AuditKeys {
+                chain: ChainKey::new(&[1u8; 32]),
+                signer: Signer::from_seed(&[9u8; 32])
+                    .ok_or_else(|| DomainError::Internal("signer".into()))?,
+            })
+        };
+        let pk = keys()?;
+        s.set_audit_keys(keys()?);
         for t in [100, 200, 300, 400] {
             s.record(&AuditRecord {
                 time: t,
@@ -1349,11 +1410,12 @@ mod tests {
             s.verify_audit(&pk).await?,
             Verdict::Intact { records: 4, .. }
         ));
-        // Everything before 250: the two oldest records go, the rest still verifies.
-        assert_eq!(s.prune(250).await?, 2);
+        // Everything before 250 that a checkpoint covers goes (checkpoints are periodic: here
+        // only the first batch has one), and the rest still verifies.
+        assert_eq!(s.prune(250).await?, 1);
         assert!(matches!(
             s.verify_audit(&pk).await?,
-            Verdict::Intact { records: 2, .. }
+            Verdict::Intact { records: 3, .. }
         ));
         let left = s
             .query(&coffer_domain::audit::AuditFilter {
@@ -1361,8 +1423,8 @@ mod tests {
                 ..Default::default()
             })
             .await?;
-        assert_eq!(left.len(), 2);
-        assert_eq!(left[0]["operationName"], "op300");
+        assert_eq!(left.len(), 3);
+        assert_eq!(left[0]["operationName"], "op200");
         // Pruning again with the same cut deletes nothing.
         assert_eq!(s.prune(250).await?, 0);
         Ok(())
