@@ -102,6 +102,24 @@ impl AdminClient {
         Ok(text)
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.management))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = v["error"]["code"].as_str().unwrap_or("Error");
+            let msg = v["error"]["message"].as_str().unwrap_or("request failed");
+            bail!("({code}) {msg}");
+        }
+        Ok(v)
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self
             .http

@@ -56,6 +56,40 @@ enum Command {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The server at a glance: readiness (store up, root key unsealed), listeners, regions, and
+    /// storage accounts whose customer-managed key is not healthy.
+    ///
+    /// Example: coffer status --data-dir ./coffer-data -o table
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Subscriptions.
+    Subscription {
+        #[command(subcommand)]
+        cmd: SubscriptionCmd,
+    },
+    /// Print a shell completion script.
+    ///
+    /// Example: coffer completions bash > /etc/bash_completion.d/coffer
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionCmd {
+    /// Create a subscription (you become its Owner); prints its id.
+    ///
+    /// Example: coffer subscription create --name "Team keys"
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Filters shared by `audit list` and `audit export`.
@@ -196,6 +230,52 @@ fn print(out: Output, v: &Value) {
     }
 }
 
+async fn status(client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let ep: Value = serde_json::from_str(
+        &std::fs::read_to_string(client.data_dir.join("endpoints.json"))
+            .context("is the server running with this --data-dir?")?,
+    )?;
+    let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+    let ready = c.get_text("/readyz", &[]).await.is_ok();
+    let health: Value = serde_json::from_str(&c.get_text("/coffer/admin/health", &[]).await?)?;
+    let unhealthy = health["unhealthyCustomerManagedKeys"].clone();
+    let out = json!({
+        "ready": ready,
+        "sealed": false,
+        "management": ep["management"],
+        "blob": ep["blob"],
+        "proxy": ep["proxy"],
+        "regions": health["regions"],
+        "unhealthyCustomerManagedKeys": unhealthy,
+    });
+    match client.output {
+        Output::Json => print(Output::Json, &out),
+        Output::Table => {
+            println!("ready            {ready}");
+            println!("sealed           false (the server answers, so its root key is unsealed)");
+            for k in ["management", "blob", "proxy"] {
+                println!("{k:<16} {}", ep[k].as_str().unwrap_or_default());
+            }
+            let regions: Vec<&str> = health["regions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            println!("regions          {}", regions.join(", "));
+            let list = unhealthy.as_array().cloned().unwrap_or_default();
+            println!("unhealthy CMK    {}", list.len());
+            for u in list {
+                println!(
+                    "  {}  {}  {}",
+                    u["status"].as_str().unwrap_or_default(),
+                    u["storageAccountId"].as_str().unwrap_or_default(),
+                    u["message"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn init_tracing(filter: &str) {
     let f = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -209,6 +289,34 @@ fn init_tracing(filter: &str) {
 async fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { client } => status(&client).await,
+        Command::Subscription {
+            cmd: SubscriptionCmd::Create { name, client },
+        } => {
+            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let alias = format!(
+                "coffer-cli-{}",
+                client::random_password()?.get(..12).unwrap_or("x")
+            );
+            let v = c
+                .put(
+                    &format!(
+                        "/providers/Microsoft.Subscription/aliases/{alias}?api-version=2021-10-01"
+                    ),
+                    &json!({"properties": {"displayName": name, "workload": "Production"}}),
+                )
+                .await?;
+            print(
+                client.output,
+                &json!({"subscriptionId": v["properties"]["subscriptionId"], "displayName": name}),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit {
             cmd:
                 AuditCmd::List {

@@ -301,3 +301,34 @@ async fn restart_keeps_identity_and_data() -> anyhow::Result<()> {
     assert_eq!(s.stop()?, Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn status_subscription_and_completions_commands() -> anyhow::Result<()> {
+    let s = TestServer::start(&bin(), &["--regions", "eastus,westeurope"])?;
+    let dir = s.data_dir();
+    let dir = dir.to_str().unwrap_or_default();
+    let st = coffer(&["status", "--data-dir", dir], None)?;
+    assert_eq!(st["ready"], true, "{st}");
+    assert_eq!(st["sealed"], false);
+    assert_eq!(st["regions"], serde_json::json!(["eastus", "westeurope"]));
+    assert_eq!(st["unhealthyCustomerManagedKeys"], serde_json::json!([]));
+    assert_eq!(st["management"], s.endpoints["management"]);
+    let sub = coffer(
+        &[
+            "subscription",
+            "create",
+            "--name",
+            "Team keys",
+            "--data-dir",
+            dir,
+        ],
+        None,
+    )?;
+    let id = sub["subscriptionId"].as_str().unwrap_or_default();
+    assert_eq!(id.len(), 36, "{sub}");
+    assert_ne!(id, s.endpoint("subscription_id"));
+    let out = Command::new(bin()).args(["completions", "bash"]).output()?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_coffer"));
+    Ok(())
+}
