@@ -723,9 +723,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         | DomainError::Crc64Mismatch => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
         DomainError::OperationNotAllowed(_) => (StatusCode::CONFLICT, "OperationNotAllowed"),
-        DomainError::CmkInvalid { code, .. } | DomainError::CmkUnavailable { code, .. } => {
-            (StatusCode::BAD_REQUEST, *code)
-        }
+        DomainError::CmkInvalid { code, .. }
+        | DomainError::CmkUnavailable { code, .. }
+        | DomainError::Cpk { code, .. } => (StatusCode::BAD_REQUEST, *code),
         DomainError::Internal(detail) => {
             tracing::error!(request_id, detail = %detail, "internal error");
             return arm_error(

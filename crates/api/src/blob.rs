@@ -113,6 +113,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         }
         DomainError::OperationNotAllowed(_) => (StatusCode::FORBIDDEN, "AuthorizationFailure"),
         DomainError::CmkUnavailable { code, .. } => (StatusCode::FORBIDDEN, *code),
+        DomainError::Cpk { code, .. } => (StatusCode::CONFLICT, *code),
         DomainError::CmkInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidInput"),
         DomainError::LocationNotAvailable { .. }
         | DomainError::RoleDefinitionNotFound(_)
@@ -822,10 +823,85 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
             &rid,
         );
     }
+    // A customer-provided key replaces the account key for this request.
+    let (acct, cpk_sha) = match customer_key(req.headers(), &op) {
+        Ok(None) => (acct, None),
+        Ok(Some((key, sha))) => match state.mgmt.cpk_tag(key.expose()) {
+            Ok(tag) => (acct.with_customer_key(key, tag), Some(sha)),
+            Err(e) => return domain_error(&e, &rid),
+        },
+        Err(e) => return domain_error(&e, &rid),
+    };
     let (parts, body) = req.into_parts();
-    execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
+    let mut resp = execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
         .await
-        .unwrap_or_else(|e| domain_error(&e, &rid))
+        .unwrap_or_else(|e| domain_error(&e, &rid));
+    if let Some(sha) = cpk_sha
+        && resp.status().is_success()
+        && let Ok(v) = http::HeaderValue::from_str(&sha)
+    {
+        resp.headers_mut().insert("x-ms-encryption-key-sha256", v);
+    }
+    resp
+}
+
+/// The customer-provided key of a request (`x-ms-encryption-key`, `-sha256`, `-algorithm`),
+/// validated, for the operations that take one; None when the request has none.
+fn customer_key(
+    h: &HeaderMap,
+    op: &BlobOp,
+) -> Result<Option<(coffer_secret::SecretBytes, String)>, DomainError> {
+    let key = hv(h, "x-ms-encryption-key");
+    let sha = hv(h, "x-ms-encryption-key-sha256");
+    let alg = hv(h, "x-ms-encryption-algorithm");
+    if key.is_none() && sha.is_none() && alg.is_none() {
+        return Ok(None);
+    }
+    let bad = |m: &str| DomainError::InvalidProperty(m.to_string());
+    let write = matches!(
+        op,
+        BlobOp::PutBlob { .. }
+            | BlobOp::PutBlock { .. }
+            | BlobOp::PutBlockList { .. }
+            | BlobOp::SetBlobMetadata { .. }
+    );
+    let read = matches!(
+        op,
+        BlobOp::GetBlob { .. } | BlobOp::HeadBlob { .. } | BlobOp::GetBlobMetadata { .. }
+    );
+    if !write && !read {
+        return Err(bad(
+            "customer-provided keys are accepted on Put Blob, Put Block, Put Block List, Get Blob, Get Blob Properties and Get/Set Blob Metadata (not yet on Copy Blob)",
+        ));
+    }
+    let (Some(key), Some(sha)) = (key, sha) else {
+        return Err(bad(
+            "x-ms-encryption-key and x-ms-encryption-key-sha256 must be sent together",
+        ));
+    };
+    match alg {
+        Some("AES256") => {}
+        None if read => {}
+        None => {
+            return Err(bad(
+                "x-ms-encryption-algorithm: AES256 is required on writes",
+            ));
+        }
+        Some(_) => return Err(bad("x-ms-encryption-algorithm must be AES256")),
+    }
+    let raw = coffer_crypto::b64::std_decode(key)
+        .filter(|k| k.len() == 32)
+        .map(coffer_secret::SecretBytes::new)
+        .ok_or_else(|| bad("x-ms-encryption-key must be the base64 of a 256-bit key"))?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.expose());
+    let want = coffer_crypto::b64::std_decode(sha)
+        .ok_or_else(|| bad("x-ms-encryption-key-sha256 must be base64"))?;
+    if !coffer_secret::ct_eq(digest.as_ref(), &want) {
+        return Err(bad(
+            "x-ms-encryption-key-sha256 is not the SHA-256 of x-ms-encryption-key",
+        ));
+    }
+    Ok(Some((raw, sha.to_string())))
 }
 
 /// Checks that make a Shared Key signature bind one request only: a fresh date (replay
@@ -1811,6 +1887,7 @@ mod tests {
             cache_control: None,
             content_md5: None,
             metadata: None,
+            cpk: None,
         };
         let h = |pairs: &[(&'static str, &str)]| {
             let mut m = HeaderMap::new();

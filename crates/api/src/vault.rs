@@ -345,7 +345,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidName { .. }
         | DomainError::InvalidProperty(_)
         | DomainError::CmkInvalid { .. }
-        | DomainError::CmkUnavailable { .. } => {
+        | DomainError::CmkUnavailable { .. }
+        | DomainError::Cpk { .. } => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
         DomainError::KeyNotFound(_) => {

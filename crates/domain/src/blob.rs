@@ -238,6 +238,26 @@ pub enum BlockListKind {
     Latest,
 }
 
+/// Whether a request's customer-provided key (or its absence) is the blob's.
+pub fn check_cpk(rec: &BlobRecord, acct: &BlobAccount) -> Result<()> {
+    match (&rec.cpk, &acct.cpk) {
+        (None, None) => Ok(()),
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (Some(_), None) => Err(DomainError::Cpk {
+            code: "BlobUsesCustomerSpecifiedEncryption",
+            message: "The blob is encrypted with a customer-provided key, but the request does not provide it (x-ms-encryption-key, x-ms-encryption-key-sha256).".into(),
+        }),
+        (Some(_), Some(_)) => Err(DomainError::Cpk {
+            code: "BlobUsesCustomerSpecifiedEncryption",
+            message: "The customer-provided key of the request is not the key the blob is encrypted with.".into(),
+        }),
+        (None, Some(_)) => Err(DomainError::Cpk {
+            code: "BlobDoesNotUseCustomerSpecifiedEncryption",
+            message: "The blob is not encrypted with a customer-provided key; send the request without one.".into(),
+        }),
+    }
+}
+
 /// Transfer checksums a client sent with an upload, checked against the received bytes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Checksums {
@@ -556,6 +576,7 @@ impl BlobService {
                 .content_md5
                 .or_else(|| Some(coffer_crypto::b64::std_encode(&digest))),
             metadata: Self::seal_metadata(acct, container, name, meta)?,
+            cpk: acct.cpk.clone(),
         };
         self.commit_replacing(rec).await
     }
@@ -604,10 +625,13 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
-        self.store
+        let rec = self
+            .store
             .get_blob(&acct.name, container, name)
             .await?
-            .ok_or(DomainError::BlobNotFound)
+            .ok_or(DomainError::BlobNotFound)?;
+        check_cpk(&rec, acct)?;
+        Ok(rec)
     }
 
     /// A reader of plaintext bytes `[start, end)` of a blob (`end` ≤ size).
@@ -802,6 +826,7 @@ impl BlobService {
             region: acct.region.clone(),
             part,
             created: self.clock.now(),
+            cpk: acct.cpk.clone(),
         };
         if let Some(old) = self.store.put_staged_block(&staged).await? {
             self.forget_parts(&old.region, vec![old.part], &[]).await;
@@ -856,13 +881,14 @@ impl BlobService {
             staged
                 .iter()
                 .find(|s| s.part.block_id.as_deref() == Some(id))
-                .map(|s| s.part.clone())
+                .map(|s| (s.part.clone(), s.cpk.clone()))
         };
+        let current_cpk = current.as_ref().and_then(|c| c.cpk.clone());
         let find_committed = |id: &str| {
             committed
                 .iter()
                 .find(|p| p.block_id.as_deref() == Some(id))
-                .cloned()
+                .map(|p| (p.clone(), current_cpk.clone()))
         };
         let mut parts = Vec::with_capacity(list.len());
         for (kind, id) in list {
@@ -871,9 +897,24 @@ impl BlobService {
                 BlockListKind::Uncommitted => find_staged(id),
                 BlockListKind::Latest => find_staged(id).or_else(|| find_committed(id)),
             };
-            parts.push(p.ok_or_else(|| {
+            let (p, block_cpk) = p.ok_or_else(|| {
                 DomainError::InvalidBlockList(format!("block {id} is not available"))
-            })?);
+            })?;
+            // Every block must be encrypted with the key (or lack of one) of this request.
+            if block_cpk != acct.cpk {
+                return Err(DomainError::Cpk {
+                    code: "BlobUsesCustomerSpecifiedEncryption",
+                    message: format!(
+                        "Block {id} was written with {} than this request provides.",
+                        if block_cpk.is_some() {
+                            "another customer-provided key"
+                        } else {
+                            "the account's key, not the customer-provided key"
+                        }
+                    ),
+                });
+            }
+            parts.push(p);
         }
         let size = parts.iter().map(|p| p.size).sum();
         let now = self.clock.now();
@@ -896,6 +937,7 @@ impl BlobService {
             cache_control: headers.cache_control,
             content_md5: headers.content_md5,
             metadata: Self::seal_metadata(acct, container, name, meta)?,
+            cpk: acct.cpk.clone(),
         };
         let old = self.store.commit_blob(&rec).await?;
         // Everything staged or committed before and not part of the new blob goes.
@@ -913,6 +955,7 @@ impl BlobService {
         acct: &BlobAccount,
         container: &str,
         name: &str,
+        needs_key: bool,
         change: impl FnOnce(&mut BlobRecord) -> Result<()>,
     ) -> Result<BlobRecord> {
         self.authorize(
@@ -928,6 +971,9 @@ impl BlobService {
             .get_blob(&acct.name, container, name)
             .await?
             .ok_or(DomainError::BlobNotFound)?;
+        if needs_key {
+            check_cpk(&rec, acct)?;
+        }
         change(&mut rec)?;
         rec.etag = self.etag()?;
         rec.last_modified = self.clock.now();
@@ -945,7 +991,7 @@ impl BlobService {
         meta: &[(String, String)],
     ) -> Result<BlobRecord> {
         let sealed = Self::seal_metadata(acct, container, name, meta)?;
-        self.update_record(auth, acct, container, name, |rec| {
+        self.update_record(auth, acct, container, name, true, |rec| {
             rec.metadata = sealed;
             Ok(())
         })
@@ -961,7 +1007,8 @@ impl BlobService {
         name: &str,
         headers: ContentHeaders,
     ) -> Result<BlobRecord> {
-        self.update_record(auth, acct, container, name, |rec| {
+        // Properties are not encrypted: no customer-provided key needed (as Azure).
+        self.update_record(auth, acct, container, name, false, |rec| {
             rec.content_type = headers.content_type;
             rec.content_encoding = headers.content_encoding;
             rec.content_language = headers.content_language;
@@ -1076,6 +1123,7 @@ impl BlobService {
             cache_control: src.cache_control.clone(),
             content_md5: src.content_md5.clone(),
             metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
+            cpk: acct.cpk.clone(),
         };
         self.commit_replacing(rec).await
     }

@@ -75,6 +75,9 @@ pub enum DomainError {
     /// A customer-managed key configuration that cannot be used (ARM: 400 with `code`).
     #[error("{message}")]
     CmkInvalid { code: &'static str, message: String },
+    /// A customer-provided key (CPK) is missing, wrong, or not expected: 409 with `code`.
+    #[error("{message}")]
+    Cpk { code: &'static str, message: String },
     /// The account's customer-managed key cannot be used now: data requests fail with 403
     /// and Azure's `code` (KeyVaultEncryptionKeyNotFound, ...).
     #[error("{message}")]

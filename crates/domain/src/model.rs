@@ -216,6 +216,9 @@ pub struct BlobRecord {
     pub content_md5: Option<String>,
     /// User metadata, sealed under the account's AEK (base64), or None.
     pub metadata: Option<String>,
+    /// A keyed hash of the customer-provided key the blob is encrypted with (CPK), or None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpk: Option<String>,
 }
 
 /// A block staged with Put Block and not yet committed.
@@ -227,4 +230,7 @@ pub struct StagedBlock {
     pub region: String,
     pub part: Part,
     pub created: i64,
+    /// Keyed hash of the customer-provided key the block was encrypted with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpk: Option<String>,
 }

@@ -696,6 +696,18 @@ impl MgmtService {
             .unwrap_or_default())
     }
 
+    /// The keyed hash under which blob records remember a customer-provided key (HMAC-SHA256
+    /// with a key derived from the root key): it checks a later request's key, and reveals
+    /// nothing of the key to someone who reads the metadata store.
+    pub fn cpk_tag(&self, key: &[u8]) -> Result<String> {
+        let k = self.root.derive("cpk-key-hash")?;
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k.expose()),
+            key,
+        );
+        Ok(hex::encode(tag.as_ref()))
+    }
+
     /// Merge Blob service properties sections into an account.
     pub async fn set_blob_service_properties(
         &self,
@@ -732,6 +744,25 @@ pub struct BlobAccount {
     pub region: String,
     pub aek_id: String,
     pub aek: SecretBytes,
+    /// Set when the request carries a customer-provided key: `aek` is then that key and this
+    /// is its keyed hash (what blob records keep to check later requests).
+    pub cpk: Option<String>,
+}
+
+impl BlobAccount {
+    /// This account as seen by a request that provides its own key (CPK): the key replaces the
+    /// account key for everything the request writes or reads (DEKs and metadata).
+    pub fn with_customer_key(&self, key: SecretBytes, tag: String) -> BlobAccount {
+        BlobAccount {
+            name: self.name.clone(),
+            allow_shared_key: self.allow_shared_key,
+            id: self.id.clone(),
+            region: self.region.clone(),
+            aek_id: "cpk".into(),
+            aek: key,
+            cpk: Some(tag),
+        }
+    }
 }
 
 impl MgmtService {
@@ -757,6 +788,7 @@ impl MgmtService {
             region: r.location.clone().unwrap_or_default(),
             aek_id: format!("{}/aek/{version}", r.name),
             aek,
+            cpk: None,
         })
     }
 }
