@@ -370,3 +370,27 @@ def test_purged_key_shreds_the_data(coffer_clock):
     with pytest.raises(HttpResponseError) as e:
         kv.keys.get_deleted_key(key.name)
     assert e.value.status_code == 404  # nothing left to recover: the data is crypto-shredded
+
+
+def test_cmk_survives_a_restart_on_new_ports(coffer_private):
+    c = coffer_private
+    rg = c.create_rg()
+    kv = protected_vault(c, rg)
+    key = kv.keys.create_rsa_key(unique("cmk-"), size=2048)
+    account = create_account(c, rg, identity=sm.Identity(type="SystemAssigned"))
+    c.assign_role(kv.vault.id, ENCRYPTION_USER, account.identity.principal_id)
+    update(c, rg, account.name, encryption=cmk(kv.url, key.name))
+    blobs = Blobs(c, account)
+    assert c.stop() == 0
+    c.start()  # on port 0 again: the listeners usually get new ports
+    # The key URI the account stored names the old port: it is still this server's vault.
+    after = Blobs.__new__(Blobs)
+    after.svc = blob_service(c, account)
+    after.container = after.svc.get_container_client(blobs.container.container_name)
+    after.blob = after.container.get_blob_client(blobs.blob.blob_name)
+    after.data = blobs.data
+    after.assert_intact()
+    assert health(c, account)["status"] == "Healthy"
+    kv.reconnect()
+    kv.keys.update_key_properties(key.name, enabled=False)
+    after.assert_cut_off()

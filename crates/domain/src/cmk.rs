@@ -252,6 +252,11 @@ pub struct Call<'a> {
 pub trait VaultClient: Send + Sync {
     /// Whether changes to this vault are published on this server's [`Changes`] feed.
     fn publishes_changes(&self, key: &KeyRef) -> bool;
+    /// Whether this client is configured for the key's vault (remote vaults answer for the
+    /// authorities they were configured with).
+    fn serves(&self, _key: &KeyRef) -> bool {
+        true
+    }
     /// The key version named by `key` (the current one when it has no version).
     async fn get_key(&self, call: &Call<'_>, key: &KeyRef) -> Result<KeyInfo, CmkFailure>;
     /// Wrap `plain` under the versioned key `key` (RSA-OAEP-256).
@@ -301,19 +306,24 @@ impl LocalVaultClient {
 
     /// The local vault name a key URI points at: `{name}.{vault suffix}`, with this server's
     /// port or none.
+    ///
+    /// The port is not compared: a key URI stays valid when the server moves to another port
+    /// (a restart on port 0, a new listener), unless a configured remote vault claims that
+    /// exact authority.
     pub fn local_vault(&self, key: &KeyRef) -> Option<String> {
-        let (suffix_host, suffix_port) = match self.vault_dns_suffix.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (self.vault_dns_suffix.as_str(), None),
-        };
-        let authority = key.authority();
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        };
-        if port.is_some() && port != suffix_port {
+        if self.remote.as_ref().is_some_and(|r| r.serves(key)) {
             return None;
         }
+        let suffix_host = self
+            .vault_dns_suffix
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(self.vault_dns_suffix.as_str());
+        let authority = key.authority();
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority);
         let name = host.strip_suffix(suffix_host)?.strip_suffix('.')?;
         (!name.is_empty() && !name.contains('.')).then(|| name.to_string())
     }

@@ -220,6 +220,10 @@ impl VaultClient for RemoteVaults {
         false
     }
 
+    fn serves(&self, key: &KeyRef) -> bool {
+        self.remote(key).is_ok()
+    }
+
     async fn get_key(&self, _call: &Call<'_>, key: &KeyRef) -> Result<KeyInfo, CmkFailure> {
         let r = self.remote(key)?;
         let url = format!(

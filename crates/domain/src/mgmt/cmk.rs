@@ -1067,10 +1067,14 @@ impl MgmtService {
         let mut out = Vec::new();
         for r in self.cmk_accounts().await? {
             let Ok(rec) = record(&r.body) else { continue };
-            let same_vault = rec.current.vault_uri == vault_uri
-                || vault_uri
-                    .rsplit_once(':')
-                    .is_some_and(|(v, _)| v == rec.current.vault_uri && v != "https");
+            // Hosts compared without ports (a key URI outlives a port change).
+            let host = |u: &str| {
+                let a = u.trim_start_matches("https://");
+                a.rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_else(|| a.to_string())
+            };
+            let same_vault = host(&rec.current.vault_uri) == host(&vault_uri);
             if !same_vault || key.is_some_and(|k| !k.eq_ignore_ascii_case(&rec.current.name)) {
                 continue;
             }
