@@ -62,6 +62,10 @@ def test_cpk_round_trips_and_key_checks(coffer, account):
     sblob.stage_block("YmxvY2sy", b"x" * 10, cpk=wrong)
     refused(lambda: sblob.commit_block_list(["YmxvY2sy"], cpk=cpk), "BlobUsesCustomerSpecifiedEncryption")
 
+    # Listing with metadata works; a CPK blob's metadata (sealed under its key) is not listed.
+    listed = {b.name: b for b in cc.list_blobs(include=["metadata"])}
+    assert listed["single"].metadata == {} and "staged" in listed
+
     # A key for a blob that has none.
     plain = cc.get_blob_client("plain")
     plain.upload_blob(b"no cpk")

@@ -1146,7 +1146,9 @@ async fn execute(
                             xml_escape(b.cache_control.as_deref().unwrap_or("")),
                             xml_escape(b.content_disposition.as_deref().unwrap_or("")),
                         ));
-                        if include_meta {
+                        // A CPK blob's metadata is sealed under the customer's key: not
+                        // listed (as Azure).
+                        if include_meta && b.cpk.is_none() {
                             x.push_str("<Metadata>");
                             for (k, v) in coffer_domain::blob::BlobService::open_metadata(
                                 acct,
