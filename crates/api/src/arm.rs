@@ -168,6 +168,24 @@ pub enum ArmOp {
         scope: String,
         name: String,
     },
+    ListEncryptionScopes {
+        sub: String,
+        rg: String,
+        account: String,
+    },
+    PutEncryptionScope {
+        sub: String,
+        rg: String,
+        account: String,
+        name: String,
+        patch: bool,
+    },
+    GetEncryptionScope {
+        sub: String,
+        rg: String,
+        account: String,
+        name: String,
+    },
     ListEventSubscriptions {
         scope: String,
     },
@@ -377,6 +395,54 @@ impl ArmOp {
                     sub: sub.to_string(),
                 })
             }
+            [k, sub, g, rg, p, ns, ty, account, es]
+                if eq(k, "subscriptions")
+                    && eq(g, "resourceGroups")
+                    && eq(p, "providers")
+                    && eq(ns, "Microsoft.Storage")
+                    && eq(ty, "storageAccounts")
+                    && eq(es, "encryptionScopes")
+                    && get =>
+            {
+                Some(Self::ListEncryptionScopes {
+                    sub: sub.to_string(),
+                    rg: rg.to_string(),
+                    account: account.to_string(),
+                })
+            }
+            [k, sub, g, rg, p, ns, ty, account, es, name]
+                if eq(k, "subscriptions")
+                    && eq(g, "resourceGroups")
+                    && eq(p, "providers")
+                    && eq(ns, "Microsoft.Storage")
+                    && eq(ty, "storageAccounts")
+                    && eq(es, "encryptionScopes") =>
+            {
+                let (sub, rg, account, name) = (
+                    sub.to_string(),
+                    rg.to_string(),
+                    account.to_string(),
+                    name.to_string(),
+                );
+                if put || patch {
+                    Some(Self::PutEncryptionScope {
+                        sub,
+                        rg,
+                        account,
+                        name,
+                        patch,
+                    })
+                } else if get {
+                    Some(Self::GetEncryptionScope {
+                        sub,
+                        rg,
+                        account,
+                        name,
+                    })
+                } else {
+                    None
+                }
+            }
             [k, sub, g, rg, p, ns, ty, name, action]
                 if eq(k, "subscriptions")
                     && eq(g, "resourceGroups")
@@ -520,6 +586,12 @@ impl ArmOp {
             }
             PutRoleAssignment { .. } => "Microsoft.Authorization/roleAssignments/write".into(),
             DeleteRoleAssignment { .. } => "Microsoft.Authorization/roleAssignments/delete".into(),
+            ListEncryptionScopes { .. } | GetEncryptionScope { .. } => {
+                "Microsoft.Storage/storageAccounts/encryptionScopes/read".into()
+            }
+            PutEncryptionScope { .. } => {
+                "Microsoft.Storage/storageAccounts/encryptionScopes/write".into()
+            }
             ListEventSubscriptions { .. }
             | GetEventSubscription { .. }
             | ListDeadLetters { .. } => "Microsoft.EventGrid/eventSubscriptions/read".into(),
@@ -606,6 +678,24 @@ impl ArmOp {
                     scope.trim_end_matches('/')
                 )
             }
+            ListEncryptionScopes { sub, rg, account } => format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{account}"
+            ),
+            PutEncryptionScope {
+                sub,
+                rg,
+                account,
+                name,
+                ..
+            }
+            | GetEncryptionScope {
+                sub,
+                rg,
+                account,
+                name,
+            } => format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{account}/encryptionScopes/{name}"
+            ),
             ListEventSubscriptions { scope } => scope.clone(),
             PutEventSubscription { scope, name }
             | GetEventSubscription { scope, name }
@@ -726,6 +816,7 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::CmkInvalid { code, .. }
         | DomainError::CmkUnavailable { code, .. }
         | DomainError::Cpk { code, .. } => (StatusCode::BAD_REQUEST, *code),
+        DomainError::ScopeDisabled(_) => (StatusCode::BAD_REQUEST, "EncryptionScopeDisabled"),
         DomainError::Internal(detail) => {
             tracing::error!(request_id, detail = %detail, "internal error");
             return arm_error(
@@ -839,6 +930,7 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
             | ArmOp::PatchResource { .. }
             | ArmOp::PutRoleAssignment { .. }
             | ArmOp::PutEventSubscription { .. }
+            | ArmOp::PutEncryptionScope { .. }
             | ArmOp::CheckVaultName { .. }
             | ArmOp::CheckStorageName { .. }
             | ArmOp::RegenerateStorageKey { .. }
@@ -1167,6 +1259,44 @@ async fn execute(
             ArmOp::PutRoleAssignment { scope, name } => {
                 put_response(m.put_role_assignment(caller, scope, name, body).await?, rid)
             }
+            ArmOp::ListEncryptionScopes { sub, rg, account } => list(
+                m.list_encryption_scopes(caller, sub, rg, account).await?,
+                rid,
+            ),
+            ArmOp::PutEncryptionScope {
+                sub,
+                rg,
+                account,
+                name,
+                patch,
+            } => {
+                let p = m
+                    .put_encryption_scope(caller, sub, rg, account, name, body, *patch)
+                    .await?;
+                // Azure answers 200 to both (the SDK accepts 200 and 201 on create).
+                respond(
+                    if p.created && !*patch {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    Some(&p.body),
+                    rid,
+                )
+            }
+            ArmOp::GetEncryptionScope {
+                sub,
+                rg,
+                account,
+                name,
+            } => respond(
+                StatusCode::OK,
+                Some(
+                    &m.get_encryption_scope(caller, sub, rg, account, name)
+                        .await?,
+                ),
+                rid,
+            ),
             ArmOp::ListEventSubscriptions { scope } => {
                 list(m.list_event_subscriptions(caller, scope).await?, rid)
             }

@@ -114,6 +114,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::OperationNotAllowed(_) => (StatusCode::FORBIDDEN, "AuthorizationFailure"),
         DomainError::CmkUnavailable { code, .. } => (StatusCode::FORBIDDEN, *code),
         DomainError::Cpk { code, .. } => (StatusCode::CONFLICT, *code),
+        DomainError::ScopeDisabled(_) => (StatusCode::FORBIDDEN, "EncryptionScopeDisabled"),
         DomainError::CmkInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidInput"),
         DomainError::LocationNotAvailable { .. }
         | DomainError::RoleDefinitionNotFound(_)
@@ -538,6 +539,9 @@ fn blob_headers(
     rec: &BlobRecord,
     meta: &[(String, String)],
 ) -> http::response::Builder {
+    if let Some(s) = &rec.scope {
+        b = b.header("x-ms-encryption-scope", s);
+    }
     b = b
         .header(http::header::ETAG, &rec.etag)
         .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
@@ -832,6 +836,38 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
         },
         Err(e) => return domain_error(&e, &rid),
     };
+    // Writes go into an encryption scope: the request's, else the container's default.
+    let writes_data = matches!(
+        op,
+        BlobOp::PutBlob { .. } | BlobOp::PutBlock { .. } | BlobOp::PutBlockList { .. }
+    );
+    let requested_scope = hv(req.headers(), "x-ms-encryption-scope").map(str::to_string);
+    let acct = match (&op, writes_data) {
+        (BlobOp::PutBlob { container, .. }, true)
+        | (BlobOp::PutBlock { container, .. }, true)
+        | (BlobOp::PutBlockList { container, .. }, true) => {
+            if acct.cpk.is_some() && requested_scope.is_some() {
+                return domain_error(
+                    &DomainError::InvalidProperty(
+                        "a request cannot carry both a customer-provided key and an encryption scope"
+                            .into(),
+                    ),
+                    &rid,
+                );
+            }
+            match state
+                .blob
+                .write_scope(&acct, container, requested_scope.as_deref())
+                .await
+            {
+                Ok(Some(s)) if acct.cpk.is_none() => acct.with_scope(s),
+                Ok(_) => acct,
+                Err(e) => return domain_error(&e, &rid),
+            }
+        }
+        _ => acct,
+    };
+    let written_scope = acct.scope_name();
     let (parts, body) = req.into_parts();
     let mut resp = execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
         .await
@@ -841,6 +877,12 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
         && let Ok(v) = http::HeaderValue::from_str(&sha)
     {
         resp.headers_mut().insert("x-ms-encryption-key-sha256", v);
+    }
+    if let Some(s) = written_scope
+        && resp.status().is_success()
+        && let Ok(v) = http::HeaderValue::from_str(&s)
+    {
+        resp.headers_mut().insert("x-ms-encryption-scope", v);
     }
     resp
 }
@@ -979,8 +1021,25 @@ async fn execute(
     let ok = |b: http::response::Builder| b.body(Body::empty()).unwrap_or_default();
     Ok(match op {
         BlobOp::CreateContainer { container } => {
+            let deny = match hv(h, "x-ms-deny-encryption-scope-override") {
+                None => false,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(_) => {
+                    return Err(DomainError::InvalidProperty(
+                        "x-ms-deny-encryption-scope-override must be true or false".into(),
+                    ));
+                }
+            };
             let c = svc
-                .create_container(auth, acct, &container, &metadata_from(h)?)
+                .create_container(
+                    auth,
+                    acct,
+                    &container,
+                    &metadata_from(h)?,
+                    hv(h, "x-ms-default-encryption-scope"),
+                    deny,
+                )
                 .await?;
             ok(base(StatusCode::CREATED, rid)
                 .header(http::header::ETAG, &c.etag)
@@ -995,8 +1054,20 @@ async fn execute(
                 .header("x-ms-lease-state", "available")
                 .header("x-ms-has-immutability-policy", "false")
                 .header("x-ms-has-legal-hold", "false")
-                .header("x-ms-default-encryption-scope", "$account-encryption-key")
-                .header("x-ms-deny-encryption-scope-override", "false");
+                .header(
+                    "x-ms-default-encryption-scope",
+                    c.default_scope
+                        .as_deref()
+                        .unwrap_or("$account-encryption-key"),
+                )
+                .header(
+                    "x-ms-deny-encryption-scope-override",
+                    if c.deny_scope_override {
+                        "true"
+                    } else {
+                        "false"
+                    },
+                );
             for (k, v) in coffer_domain::blob::BlobService::open_metadata(
                 acct,
                 &container,
@@ -1063,10 +1134,12 @@ async fn execute(
             x.push_str(&format!("<MaxResults>{max}</MaxResults><Containers>"));
             for c in &items {
                 x.push_str(&format!(
-                    "<Container><Name>{}</Name><Properties><Last-Modified>{}</Last-Modified><Etag>{}</Etag><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><DefaultEncryptionScope>$account-encryption-key</DefaultEncryptionScope><DenyEncryptionScopeOverride>false</DenyEncryptionScopeOverride><HasImmutabilityPolicy>false</HasImmutabilityPolicy><HasLegalHold>false</HasLegalHold></Properties>",
+                    "<Container><Name>{}</Name><Properties><Last-Modified>{}</Last-Modified><Etag>{}</Etag><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><DefaultEncryptionScope>{}</DefaultEncryptionScope><DenyEncryptionScopeOverride>{}</DenyEncryptionScopeOverride><HasImmutabilityPolicy>false</HasImmutabilityPolicy><HasLegalHold>false</HasLegalHold></Properties>",
                     xml_escape(&c.name),
                     httpdate(c.last_modified),
-                    xml_escape(&c.etag)
+                    xml_escape(&c.etag),
+                    xml_escape(c.default_scope.as_deref().unwrap_or("$account-encryption-key")),
+                    c.deny_scope_override
                 ));
                 if include_meta {
                     x.push_str("<Metadata>");
@@ -1890,6 +1963,7 @@ mod tests {
             content_md5: None,
             metadata: None,
             cpk: None,
+            scope: None,
         };
         let h = |pairs: &[(&'static str, &str)]| {
             let mut m = HeaderMap::new();

@@ -346,7 +346,8 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         | DomainError::InvalidProperty(_)
         | DomainError::CmkInvalid { .. }
         | DomainError::CmkUnavailable { .. }
-        | DomainError::Cpk { .. } => {
+        | DomainError::Cpk { .. }
+        | DomainError::ScopeDisabled(_) => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }
         DomainError::KeyNotFound(_) => {

@@ -381,6 +381,8 @@ impl BlobService {
         acct: &BlobAccount,
         name: &str,
         meta: &[(String, String)],
+        default_scope: Option<&str>,
+        deny_scope_override: bool,
     ) -> Result<ContainerRecord> {
         self.authorize(
             auth,
@@ -391,6 +393,19 @@ impl BlobService {
         )
         .await?;
         validate_container_name(name)?;
+        let default_scope = match default_scope {
+            Some(s) => {
+                self.mgmt.scope_key(&acct.name, s).await?;
+                Some(s.to_string())
+            }
+            None if deny_scope_override => {
+                return Err(DomainError::InvalidProperty(
+                    "x-ms-deny-encryption-scope-override needs x-ms-default-encryption-scope"
+                        .into(),
+                ));
+            }
+            None => None,
+        };
         let c = ContainerRecord {
             account: acct.name.clone(),
             name: name.into(),
@@ -398,11 +413,39 @@ impl BlobService {
             last_modified: self.clock.now(),
             metadata: Self::seal_metadata(acct, name, "", meta)?,
             public_access: None,
+            default_scope,
+            deny_scope_override,
         };
         if !self.store.create_container(&c).await? {
             return Err(DomainError::ContainerAlreadyExists);
         }
         Ok(c)
+    }
+
+    /// The encryption scope a write into `container` uses: the request's, else the
+    /// container's default; refused when the container denies overriding its default.
+    pub async fn write_scope(
+        &self,
+        acct: &BlobAccount,
+        container: &str,
+        requested: Option<&str>,
+    ) -> Result<Option<crate::mgmt::ScopeKey>> {
+        let c = self.store.get_container(&acct.name, container).await?;
+        let default = c.as_ref().and_then(|c| c.default_scope.clone());
+        if let (Some(c), Some(r)) = (&c, requested)
+            && c.deny_scope_override
+            && Some(r) != c.default_scope.as_deref()
+        {
+            return Err(DomainError::Conflict(format!(
+                "The container's default encryption scope ({}) may not be overridden.",
+                c.default_scope.as_deref().unwrap_or("")
+            )));
+        }
+        let Some(name) = requested.map(str::to_string).or(default) else {
+            return Ok(None);
+        };
+        let (key, aek_id) = self.mgmt.scope_key(&acct.name, &name).await?;
+        Ok(Some(crate::mgmt::ScopeKey { name, key, aek_id }))
     }
 
     pub async fn get_container(
@@ -577,6 +620,7 @@ impl BlobService {
                 .or_else(|| Some(coffer_crypto::b64::std_encode(&digest))),
             metadata: Self::seal_metadata(acct, container, name, meta)?,
             cpk: acct.cpk.clone(),
+            scope: acct.scope_name(),
         };
         self.commit_replacing(rec).await
     }
@@ -631,6 +675,10 @@ impl BlobService {
             .await?
             .ok_or(DomainError::BlobNotFound)?;
         check_cpk(&rec, acct)?;
+        if let Some(scope) = &rec.scope {
+            // A disabled scope refuses every request on its blobs.
+            self.mgmt.scope_key(&acct.name, scope).await?;
+        }
         Ok(rec)
     }
 
@@ -651,9 +699,13 @@ impl BlobService {
         if offset != rec.size {
             return Err(DomainError::Internal("stored blob size mismatch".into()));
         }
+        let aek = match &rec.scope {
+            Some(scope) => self.mgmt.scope_key(&acct.name, scope).await?.0,
+            None => acct.aek.duplicate(),
+        };
         Ok(BlobReader {
             bytes: self.bytes_for(&rec.region)?,
-            aek: acct.aek.duplicate(),
+            aek,
             account: rec.account.clone(),
             container: rec.container.clone(),
             blob: rec.name.clone(),
@@ -690,13 +742,14 @@ impl BlobService {
             blob: name.into(),
             object_id: object_id.clone(),
         };
-        let (mut enc, header) = ObjectEncryptor::new(
-            &acct.aek,
-            &acct.aek_id,
-            &identity,
-            len,
-            DEFAULT_SEGMENT_LOG2,
-        )?;
+        // An encryption scope's key, when the request writes in one; else the account's (or
+        // the customer's) key.
+        let (wrap_key, wrap_id) = match &acct.scope {
+            Some(s) => (&s.key, &s.aek_id),
+            None => (&acct.aek, &acct.aek_id),
+        };
+        let (mut enc, header) =
+            ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?;
         let mut writer = bytes.create(&object_id).await?;
         writer.write(&header).await?;
         let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
@@ -827,6 +880,7 @@ impl BlobService {
             part,
             created: self.clock.now(),
             cpk: acct.cpk.clone(),
+            scope: acct.scope_name(),
         };
         if let Some(old) = self.store.put_staged_block(&staged).await? {
             self.forget_parts(&old.region, vec![old.part], &[]).await;
@@ -881,14 +935,17 @@ impl BlobService {
             staged
                 .iter()
                 .find(|s| s.part.block_id.as_deref() == Some(id))
-                .map(|s| (s.part.clone(), s.cpk.clone()))
+                .map(|s| (s.part.clone(), (s.cpk.clone(), s.scope.clone())))
         };
-        let current_cpk = current.as_ref().and_then(|c| c.cpk.clone());
+        let current_keys = current
+            .as_ref()
+            .map(|c| (c.cpk.clone(), c.scope.clone()))
+            .unwrap_or_default();
         let find_committed = |id: &str| {
             committed
                 .iter()
                 .find(|p| p.block_id.as_deref() == Some(id))
-                .map(|p| (p.clone(), current_cpk.clone()))
+                .map(|p| (p.clone(), current_keys.clone()))
         };
         let mut parts = Vec::with_capacity(list.len());
         for (kind, id) in list {
@@ -897,9 +954,14 @@ impl BlobService {
                 BlockListKind::Uncommitted => find_staged(id),
                 BlockListKind::Latest => find_staged(id).or_else(|| find_committed(id)),
             };
-            let (p, block_cpk) = p.ok_or_else(|| {
+            let (p, (block_cpk, block_scope)) = p.ok_or_else(|| {
                 DomainError::InvalidBlockList(format!("block {id} is not available"))
             })?;
+            if block_scope != acct.scope_name() {
+                return Err(DomainError::InvalidBlockList(format!(
+                    "block {id} was written in another encryption scope than this request's"
+                )));
+            }
             // Every block must be encrypted with the key (or lack of one) of this request.
             if block_cpk != acct.cpk {
                 return Err(DomainError::Cpk {
@@ -938,6 +1000,7 @@ impl BlobService {
             content_md5: headers.content_md5,
             metadata: Self::seal_metadata(acct, container, name, meta)?,
             cpk: acct.cpk.clone(),
+            scope: acct.scope_name(),
         };
         let old = self.store.commit_blob(&rec).await?;
         // Everything staged or committed before and not part of the new blob goes.
@@ -973,6 +1036,9 @@ impl BlobService {
             .ok_or(DomainError::BlobNotFound)?;
         if needs_key {
             check_cpk(&rec, acct)?;
+        }
+        if let Some(scope) = &rec.scope {
+            self.mgmt.scope_key(&acct.name, scope).await?;
         }
         change(&mut rec)?;
         rec.etag = self.etag()?;
@@ -1124,6 +1190,7 @@ impl BlobService {
             content_md5: src.content_md5.clone(),
             metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
             cpk: acct.cpk.clone(),
+            scope: acct.scope_name(),
         };
         self.commit_replacing(rec).await
     }

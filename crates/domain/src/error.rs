@@ -75,6 +75,9 @@ pub enum DomainError {
     /// A customer-managed key configuration that cannot be used (ARM: 400 with `code`).
     #[error("{message}")]
     CmkInvalid { code: &'static str, message: String },
+    /// The encryption scope of a blob is disabled: 403 on the blob plane.
+    #[error("The encryption scope '{0}' is disabled.")]
+    ScopeDisabled(String),
     /// A customer-provided key (CPK) is missing, wrong, or not expected: 409 with `code`.
     #[error("{message}")]
     Cpk { code: &'static str, message: String },

@@ -30,9 +30,11 @@ pub struct MgmtConfig {
 
 mod cmk;
 mod events;
+mod scopes;
 mod storage;
 pub use cmk::{CmkConfig, CmkHealth, CmkStats};
-pub use storage::{BlobAccount, STORAGE_TYPE, validate_account_name};
+pub use scopes::SCOPE_TYPE;
+pub use storage::{BlobAccount, STORAGE_TYPE, ScopeKey, validate_account_name};
 
 pub struct MgmtService {
     /// Serialises management writes: they read, check and write back resource documents

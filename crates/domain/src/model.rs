@@ -182,6 +182,12 @@ pub struct ContainerRecord {
     /// User metadata, sealed under the account's AEK (base64), or None.
     pub metadata: Option<String>,
     pub public_access: Option<String>,
+    /// Encryption scope of blobs written without one (`x-ms-default-encryption-scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_scope: Option<String>,
+    /// Whether writes may name another scope than the default.
+    #[serde(default)]
+    pub deny_scope_override: bool,
 }
 
 /// One encrypted object holding a contiguous run of a blob's bytes (a Put Blob body, or a
@@ -219,6 +225,9 @@ pub struct BlobRecord {
     /// A keyed hash of the customer-provided key the blob is encrypted with (CPK), or None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpk: Option<String>,
+    /// The encryption scope whose key wraps the blob's DEKs, or None (the account's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// A block staged with Put Block and not yet committed.
@@ -233,4 +242,7 @@ pub struct StagedBlock {
     /// Keyed hash of the customer-provided key the block was encrypted with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpk: Option<String>,
+    /// The encryption scope the block was written in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }

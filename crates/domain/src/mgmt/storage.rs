@@ -747,9 +747,37 @@ pub struct BlobAccount {
     /// Set when the request carries a customer-provided key: `aek` is then that key and this
     /// is its keyed hash (what blob records keep to check later requests).
     pub cpk: Option<String>,
+    /// Set when the request writes in an encryption scope: its key wraps the DEKs of what is
+    /// written (metadata stays under the account key).
+    pub scope: Option<ScopeKey>,
+}
+
+/// An encryption scope's key, for writing in it.
+pub struct ScopeKey {
+    pub name: String,
+    pub key: SecretBytes,
+    pub aek_id: String,
 }
 
 impl BlobAccount {
+    /// This account as seen by a request that writes in an encryption scope.
+    pub fn with_scope(&self, scope: ScopeKey) -> BlobAccount {
+        BlobAccount {
+            name: self.name.clone(),
+            allow_shared_key: self.allow_shared_key,
+            id: self.id.clone(),
+            region: self.region.clone(),
+            aek_id: self.aek_id.clone(),
+            aek: self.aek.duplicate(),
+            cpk: self.cpk.clone(),
+            scope: Some(scope),
+        }
+    }
+
+    pub fn scope_name(&self) -> Option<String> {
+        self.scope.as_ref().map(|s| s.name.clone())
+    }
+
     /// This account as seen by a request that provides its own key (CPK): the key replaces the
     /// account key for everything the request writes or reads (DEKs and metadata).
     pub fn with_customer_key(&self, key: SecretBytes, tag: String) -> BlobAccount {
@@ -761,6 +789,7 @@ impl BlobAccount {
             aek_id: "cpk".into(),
             aek: key,
             cpk: Some(tag),
+            scope: None,
         }
     }
 }
@@ -789,6 +818,7 @@ impl MgmtService {
             aek_id: format!("{}/aek/{version}", r.name),
             aek,
             cpk: None,
+            scope: None,
         })
     }
 }

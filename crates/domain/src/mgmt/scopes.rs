@@ -1,0 +1,247 @@
+//! Encryption scopes (`Microsoft.Storage/storageAccounts/{account}/encryptionScopes/{name}`):
+//! a key of their own for the blobs written in them, sealed under the platform key. Scopes can
+//! be disabled (their blobs then refuse every request) and, as in Azure, not deleted.
+use coffer_crypto::{b64, random};
+use coffer_secret::SecretBytes;
+use serde_json::{Value, json};
+
+use super::storage::STORAGE_TYPE;
+use super::{Body, MgmtService, Put, bad, public, resource_id};
+use crate::clock::rfc3339;
+use crate::identity::Caller;
+use crate::model::Resource;
+use crate::{DomainError, Result};
+
+pub const SCOPE_TYPE: &str = "Microsoft.Storage/storageAccounts/encryptionScopes";
+
+fn scope_aad(account: &str, scope: &str, version: u64) -> Vec<u8> {
+    format!(
+        "storage-scope-aek:{account}:{}:{version}",
+        scope.to_ascii_lowercase()
+    )
+    .into_bytes()
+}
+
+/// Scope names: 3–63 letters, digits and dashes, starting with a letter or digit.
+pub fn validate_scope_name(name: &str) -> Result<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidName {
+            kind: "encryption scope",
+            name: name.chars().take(64).collect(),
+            rule: "3-63 letters, digits and dashes, starting with a letter or digit",
+        })
+    }
+}
+
+impl MgmtService {
+    fn scope_id(sub: &str, rg: &str, account: &str, name: &str) -> String {
+        format!(
+            "{}/encryptionScopes/{name}",
+            resource_id(sub, rg, STORAGE_TYPE, account)
+        )
+    }
+
+    fn apply_scope_props(&self, b: &mut Value, props: Option<Body<'_>>, new: bool) -> Result<()> {
+        let Some(p) = props else { return Ok(()) };
+        if let Some(src) = p.str("source")? {
+            if src.eq_ignore_ascii_case("Microsoft.KeyVault") {
+                return Err(bad(
+                    "encryption scopes with a customer-managed key (source Microsoft.KeyVault) are not available yet on this server; use Microsoft.Storage",
+                ));
+            }
+            if !src.eq_ignore_ascii_case("Microsoft.Storage") {
+                return Err(bad(
+                    "source must be Microsoft.Storage or Microsoft.KeyVault",
+                ));
+            }
+        }
+        if let Some(state) = p.str("state")? {
+            let s = if state.eq_ignore_ascii_case("Enabled") {
+                "Enabled"
+            } else if state.eq_ignore_ascii_case("Disabled") {
+                "Disabled"
+            } else {
+                return Err(bad("state must be Enabled or Disabled"));
+            };
+            b["properties"]["state"] = json!(s);
+        }
+        if let Some(infra) = p.bool("requireInfrastructureEncryption")? {
+            let cur = b["properties"]["requireInfrastructureEncryption"]
+                .as_bool()
+                .unwrap_or(false);
+            if infra && new {
+                return Err(bad(
+                    "infrastructure encryption (a second encryption layer) is not available yet on this server",
+                ));
+            }
+            if !new && infra != cur {
+                return Err(bad(
+                    "requireInfrastructureEncryption is chosen when the scope is created and cannot change",
+                ));
+            }
+        }
+        b["properties"]["lastModifiedTime"] = json!(rfc3339(self.clock.now()));
+        Ok(())
+    }
+
+    /// `PUT .../encryptionScopes/{name}`: create, or update the state of an existing scope.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_encryption_scope(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        account: &str,
+        name: &str,
+        body: &Value,
+        patch: bool,
+    ) -> Result<Put> {
+        let acct_id = resource_id(sub, rg, STORAGE_TYPE, account);
+        let id = Self::scope_id(sub, rg, account, name);
+        self.authorize(
+            caller,
+            "Microsoft.Storage/storageAccounts/encryptionScopes/write",
+            &id,
+        )
+        .await?;
+        validate_scope_name(name)?;
+        let acct = self.store.get_resource(&acct_id).await?.ok_or_else(|| {
+            DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: account.into(),
+            }
+        })?;
+        let req = Body::obj(body)?;
+        if let Some(mut r) = self.store.get_resource(&id).await? {
+            self.apply_scope_props(&mut r.body, req.object("properties")?, false)?;
+            self.store.put_resource(&r).await?;
+            return Ok(Put {
+                body: public(r.body),
+                created: false,
+            });
+        }
+        if patch {
+            return Err(DomainError::ResourceNotFound {
+                resource_type: SCOPE_TYPE.into(),
+                name: name.into(),
+            });
+        }
+        let now = rfc3339(self.clock.now());
+        let aek = SecretBytes::new(random::bytes(32)?);
+        let mut b = json!({
+            "id": id, "name": name, "type": SCOPE_TYPE,
+            "properties": {
+                "source": "Microsoft.Storage", "state": "Enabled",
+                "creationTime": now, "lastModifiedTime": now,
+                "requireInfrastructureEncryption": false,
+            },
+            "_aek": {"version": 1, "sealed": b64::std_encode(&self.root.seal(&scope_aad(account, name, 1), aek.expose())?)},
+        });
+        self.apply_scope_props(&mut b, req.object("properties")?, true)?;
+        self.store
+            .put_resource(&Resource {
+                id,
+                resource_type: SCOPE_TYPE.into(),
+                subscription_id: acct.subscription_id.clone(),
+                resource_group: acct.resource_group.clone(),
+                name: name.into(),
+                location: acct.location.clone(),
+                body: b.clone(),
+            })
+            .await?;
+        Ok(Put {
+            body: public(b),
+            created: true,
+        })
+    }
+
+    pub async fn get_encryption_scope(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        account: &str,
+        name: &str,
+    ) -> Result<Value> {
+        let id = Self::scope_id(sub, rg, account, name);
+        self.authorize(
+            caller,
+            "Microsoft.Storage/storageAccounts/encryptionScopes/read",
+            &id,
+        )
+        .await?;
+        self.store
+            .get_resource(&id)
+            .await?
+            .map(|r| public(r.body))
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: SCOPE_TYPE.into(),
+                name: name.chars().take(64).collect(),
+            })
+    }
+
+    pub async fn list_encryption_scopes(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        account: &str,
+    ) -> Result<Vec<Value>> {
+        let acct_id = resource_id(sub, rg, STORAGE_TYPE, account);
+        self.authorize(
+            caller,
+            "Microsoft.Storage/storageAccounts/encryptionScopes/read",
+            &acct_id,
+        )
+        .await?;
+        let prefix = format!("{}/encryptionscopes/", acct_id.to_ascii_lowercase());
+        Ok(self
+            .store
+            .list_resources(sub, Some(rg), Some(SCOPE_TYPE))
+            .await?
+            .into_iter()
+            .filter(|r| r.id.to_ascii_lowercase().starts_with(&prefix))
+            .map(|r| public(r.body))
+            .collect())
+    }
+
+    /// The key of an enabled scope of an account (by account name), and its id for object
+    /// headers. A disabled scope fails with 403 `EncryptionScopeDisabled`.
+    pub async fn scope_key(&self, account: &str, scope: &str) -> Result<(SecretBytes, String)> {
+        let acct = self
+            .store
+            .find_resources_by_name(STORAGE_TYPE, account)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DomainError::ResourceNotFound {
+                resource_type: STORAGE_TYPE.into(),
+                name: account.into(),
+            })?;
+        let id = format!("{}/encryptionScopes/{scope}", acct.id);
+        let r = self.store.get_resource(&id).await?.ok_or_else(|| {
+            DomainError::InvalidProperty(format!(
+                "the encryption scope '{}' does not exist in this storage account",
+                scope.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if r.body["properties"]["state"].as_str() != Some("Enabled") {
+            return Err(DomainError::ScopeDisabled(r.name.clone()));
+        }
+        let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
+        let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
+            .ok_or_else(|| DomainError::Internal("scope key encoding".into()))?;
+        let key = self
+            .root
+            .open(&scope_aad(account, &r.name, version), &sealed)?;
+        Ok((key, format!("{account}/scope/{}/aek/{version}", r.name)))
+    }
+}
