@@ -139,6 +139,12 @@ def test_cmk_flow_disable_rotate_regrant_switch_back(coffer, rg):
     blobs.assert_cut_off()
     h = health(coffer, account)
     assert h["status"] == "KeyDisabled", h
+    # A caller with no data role learns nothing of the key's state: it is refused as such.
+    nobody = coffer.new_sp(unique("nobody-"))
+    outsider = BlobServiceClient(f"{coffer.endpoints['blob']}/{account.name}",
+                                 credential=coffer.credential_for(nobody), connection_verify=coffer.ca)
+    refused(lambda: list(outsider.get_container_client(blobs.container.container_name).list_blobs()),
+            "AuthorizationPermissionMismatch")
     # The operators' view lists it among the accounts whose CMK is not healthy.
     unhealthy = coffer.arm("GET", "/coffer/admin/health").json()["unhealthyCustomerManagedKeys"]
     assert {"storageAccountId": account.id, "status": "KeyDisabled"}.items() <= next(

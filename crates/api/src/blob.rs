@@ -21,6 +21,7 @@ use coffer_domain::blob::{
 use coffer_domain::identity::Plane;
 use coffer_domain::mgmt::BlobAccount;
 use coffer_domain::model::BlobRecord;
+use coffer_domain::rbac::ActionKind;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
@@ -827,6 +828,19 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
             &rid,
         );
     }
+    // A customer-managed key that cannot be used now fails every request, but only after the
+    // request is authorized: an unauthorized caller learns nothing of the key's state.
+    if let Some(unavailable) = acct.key_unavailable() {
+        let (action, kind, container) = op_requirement(&op);
+        if let Err(denied) = state
+            .blob
+            .authorize_action(&auth, &acct, action, kind, container)
+            .await
+        {
+            return domain_error(&denied, &rid);
+        }
+        return domain_error(&unavailable, &rid);
+    }
     // A customer-provided key replaces the account key for this request.
     let (acct, cpk_sha) = match customer_key(req.headers(), &op) {
         Ok(None) => (acct, None),
@@ -885,6 +899,40 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
         resp.headers_mut().insert("x-ms-encryption-scope", v);
     }
     resp
+}
+
+/// The action (and its scope) an operation is authorized by: the same as the domain checks.
+fn op_requirement(op: &BlobOp) -> (&'static str, ActionKind, Option<&str>) {
+    use coffer_domain::blob::actions as a;
+    match op {
+        BlobOp::ListContainers | BlobOp::GetServiceProperties | BlobOp::SetServiceProperties => {
+            (a::CONTAINER_READ, ActionKind::Control, None)
+        }
+        BlobOp::CreateContainer { container } | BlobOp::SetContainerMetadata { container } => {
+            (a::CONTAINER_WRITE, ActionKind::Control, Some(container))
+        }
+        BlobOp::DeleteContainer { container } => {
+            (a::CONTAINER_DELETE, ActionKind::Control, Some(container))
+        }
+        BlobOp::GetContainer { container } => {
+            (a::CONTAINER_READ, ActionKind::Control, Some(container))
+        }
+        BlobOp::ListBlobs { container }
+        | BlobOp::GetBlob { container, .. }
+        | BlobOp::HeadBlob { container, .. }
+        | BlobOp::GetBlobMetadata { container, .. }
+        | BlobOp::GetBlockList { container, .. } => {
+            (a::BLOB_READ, ActionKind::Data, Some(container))
+        }
+        BlobOp::PutBlob { container, .. }
+        | BlobOp::PutBlock { container, .. }
+        | BlobOp::PutBlockList { container, .. }
+        | BlobOp::SetBlobMetadata { container, .. }
+        | BlobOp::SetBlobProperties { container, .. } => {
+            (a::BLOB_WRITE, ActionKind::Data, Some(container))
+        }
+        BlobOp::DeleteBlob { container, .. } => (a::BLOB_DELETE, ActionKind::Data, Some(container)),
+    }
 }
 
 /// The customer-provided key of a request (`x-ms-encryption-key`, `-sha256`, `-algorithm`),

@@ -309,6 +309,19 @@ impl BlobService {
             .ok_or_else(|| DomainError::Internal(format!("no byte store for region {region}")))
     }
 
+    /// Authorize a request's data or control action (used before reporting that the
+    /// account's customer-managed key cannot be used, so only authorized callers learn it).
+    pub async fn authorize_action(
+        &self,
+        auth: &BlobAuth,
+        acct: &BlobAccount,
+        action: &str,
+        kind: ActionKind,
+        container: Option<&str>,
+    ) -> Result<()> {
+        self.authorize(auth, acct, action, kind, container).await
+    }
+
     async fn authorize(
         &self,
         auth: &BlobAuth,
@@ -348,7 +361,7 @@ impl BlobService {
         if meta.is_empty() {
             return Ok(None);
         }
-        let key = SealingKey::from_bytes(acct.aek.duplicate())?;
+        let key = SealingKey::from_bytes(acct.aek()?.duplicate())?;
         let json = serde_json::to_vec(meta).map_err(|e| DomainError::Internal(e.to_string()))?;
         Ok(Some(b64::std_encode(
             &key.seal(&meta_aad(&acct.name, container, blob), &json)?,
@@ -364,7 +377,7 @@ impl BlobService {
         let Some(s) = sealed else {
             return Ok(Vec::new());
         };
-        let key = SealingKey::from_bytes(acct.aek.duplicate())?;
+        let key = SealingKey::from_bytes(acct.aek()?.duplicate())?;
         let raw =
             b64::std_decode(s).ok_or_else(|| DomainError::Internal("metadata encoding".into()))?;
         let plain = key
@@ -701,7 +714,7 @@ impl BlobService {
         }
         let aek = match &rec.scope {
             Some(scope) => self.mgmt.scope_key(&acct.name, scope).await?.0,
-            None => acct.aek.duplicate(),
+            None => acct.aek()?.duplicate(),
         };
         Ok(BlobReader {
             bytes: self.bytes_for(&rec.region)?,
@@ -746,7 +759,7 @@ impl BlobService {
         // the customer's) key.
         let (wrap_key, wrap_id) = match &acct.scope {
             Some(s) => (&s.key, &s.aek_id),
-            None => (&acct.aek, &acct.aek_id),
+            None => (acct.aek()?, &acct.aek_id),
         };
         let (mut enc, header) =
             ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?;

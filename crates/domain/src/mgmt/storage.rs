@@ -743,7 +743,9 @@ pub struct BlobAccount {
     pub id: String,
     pub region: String,
     pub aek_id: String,
-    pub aek: SecretBytes,
+    /// The account key, or why it cannot be used now (a revoked customer-managed key): the
+    /// blob plane authorizes the request before it reveals that (see `aek`).
+    key: std::result::Result<SecretBytes, (&'static str, String)>,
     /// Set when the request carries a customer-provided key: `aek` is then that key and this
     /// is its keyed hash (what blob records keep to check later requests).
     pub cpk: Option<String>,
@@ -760,6 +762,21 @@ pub struct ScopeKey {
 }
 
 impl BlobAccount {
+    /// The key that wraps DEKs and seals metadata, or the CMK failure (403 on the wire).
+    pub fn aek(&self) -> Result<&SecretBytes> {
+        self.key
+            .as_ref()
+            .map_err(|(code, message)| DomainError::CmkUnavailable {
+                code,
+                message: message.clone(),
+            })
+    }
+
+    /// Why the account's key cannot be used now, if it cannot.
+    pub fn key_unavailable(&self) -> Option<DomainError> {
+        self.aek().err()
+    }
+
     /// This account as seen by a request that writes in an encryption scope.
     pub fn with_scope(&self, scope: ScopeKey) -> BlobAccount {
         BlobAccount {
@@ -768,7 +785,10 @@ impl BlobAccount {
             id: self.id.clone(),
             region: self.region.clone(),
             aek_id: self.aek_id.clone(),
-            aek: self.aek.duplicate(),
+            key: match &self.key {
+                Ok(k) => Ok(k.duplicate()),
+                Err(e) => Err(e.clone()),
+            },
             cpk: self.cpk.clone(),
             scope: Some(scope),
         }
@@ -787,7 +807,7 @@ impl BlobAccount {
             id: self.id.clone(),
             region: self.region.clone(),
             aek_id: "cpk".into(),
-            aek: key,
+            key: Ok(key),
             cpk: Some(tag),
             scope: None,
         }
@@ -809,14 +829,19 @@ impl MgmtService {
                 name: name.into(),
             })?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
-        let aek = self.account_aek(&r, correlation).await?;
+        // A CMK that cannot be used is reported after the request is authorized.
+        let key = match self.account_aek(&r, correlation).await {
+            Ok(k) => Ok(k),
+            Err(DomainError::CmkUnavailable { code, message }) => Err((code, message)),
+            Err(e) => return Err(e),
+        };
         Ok(BlobAccount {
             allow_shared_key: r.body["properties"]["allowSharedKeyAccess"].as_bool() != Some(false),
             name: r.name.clone(),
             id: r.id.clone(),
             region: r.location.clone().unwrap_or_default(),
             aek_id: format!("{}/aek/{version}", r.name),
-            aek,
+            key,
             cpk: None,
             scope: None,
         })
