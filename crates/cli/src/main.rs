@@ -1,40 +1,41 @@
-//! `coffer`: the server and its operator commands.
+//! `coffer`: the server, its operator commands, and the everyday client commands
+//! (`group`, `keyvault`, `role`, `storage`) in the shape `az` users know.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use coffer_server::config::{ServerArgs, ServerConfig};
 use serde_json::{Value, json};
 
+mod blob;
 mod client;
+mod commands;
+mod error;
+mod output;
+mod profile;
+mod session;
+mod transfer;
+
+use commands::ClientArgs;
+use output::{Output, Printer};
 
 #[derive(Parser)]
 #[command(
     name = "coffer",
     version,
-    about = "Coffer: a self-hosted key vault and encrypted blob store that speaks Azure's protocols"
+    about = "Coffer: a self-hosted key vault and encrypted blob store that speaks Azure's protocols",
+    long_about = "Coffer: a self-hosted key vault and encrypted blob store that speaks Azure's protocols.\n\n\
+Client commands act as a profile saved by `coffer login` (--profile, COFFER_PROFILE, or the \
+default profile), or as the local administrator of the server whose data directory is given \
+with --data-dir (or COFFER_DATA_DIR). Output: -o json|table|tsv|none (table on a terminal, \
+JSON otherwise); --query selects a field path.",
+    after_help = error::EXIT_CODES_HELP,
+    after_long_help = error::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Json,
-    Table,
-}
-
-#[derive(clap::Args)]
-struct ClientArgs {
-    /// Act as the local administrator of the server whose data directory this is (reads
-    /// DIR/endpoints.json and DIR/admin-credentials.json).
-    #[arg(long, env = "COFFER_DATA_DIR", default_value = "coffer-data")]
-    data_dir: PathBuf,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value = "json")]
-    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +69,44 @@ enum Command {
     Subscription {
         #[command(subcommand)]
         cmd: SubscriptionCmd,
+    },
+    /// Resource groups.
+    Group {
+        #[command(subcommand)]
+        cmd: commands::group::GroupCmd,
+    },
+    /// Key vaults and their keys.
+    Keyvault {
+        #[command(subcommand)]
+        cmd: commands::keyvault::KeyvaultCmd,
+    },
+    /// Role assignments and definitions (RBAC).
+    Role {
+        #[command(subcommand)]
+        cmd: commands::role::RoleCmd,
+    },
+    /// Storage accounts, containers and blobs.
+    Storage {
+        #[command(subcommand)]
+        cmd: commands::storage::StorageCmd,
+    },
+    /// Sign in as a service principal and save a named profile.
+    ///
+    /// The profile (endpoint, tenant, client id, where the secret comes from) and its token
+    /// cache are kept in $XDG_CONFIG_HOME/coffer (else ~/.config/coffer), mode 0600. The
+    /// secret is never a flag value: --secret-env VAR, --secret-file FILE (owner-only),
+    /// --secret-stdin, or a prompt. The last profile signed in becomes the default.
+    ///
+    /// Example: COFFER_SECRET=… coffer login --profile prod --endpoint https://coffer.example:8443 --tenant T -u CLIENT_ID --secret-env COFFER_SECRET --ca-file ca.pem
+    Login(commands::login::LoginArgs),
+    /// Forget a profile and its cached tokens.
+    ///
+    /// Example: coffer logout --profile prod
+    Logout(commands::login::LogoutArgs),
+    /// The principal the CLI acts as.
+    Account {
+        #[command(subcommand)]
+        cmd: commands::account::AccountCmd,
     },
     /// Print a shell completion script.
     ///
@@ -212,30 +251,17 @@ enum UserCmd {
     },
 }
 
-fn print(out: Output, v: &Value) {
-    match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Table => {
-            if let Some(m) = v.as_object() {
-                for (k, val) in m {
-                    println!(
-                        "{k:<16} {}",
-                        val.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| val.to_string())
-                    );
-                }
-            }
-        }
-    }
+/// Print a result as `client` asks (`-o`, `--query`).
+fn print(client: &ClientArgs, v: &Value) -> anyhow::Result<()> {
+    client.printer().print(v)
 }
 
 async fn status(client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let ep: Value = serde_json::from_str(
-        &std::fs::read_to_string(client.data_dir.join("endpoints.json"))
+        &std::fs::read_to_string(client.data_dir().join("endpoints.json"))
             .context("is the server running with this --data-dir?")?,
     )?;
-    let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+    let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
     let ready = c.get_text("/readyz", &[]).await.is_ok();
     let health: Value = serde_json::from_str(&c.get_text("/coffer/admin/health", &[]).await?)?;
     let unhealthy = health["unhealthyCustomerManagedKeys"].clone();
@@ -248,9 +274,9 @@ async fn status(client: &ClientArgs) -> anyhow::Result<ExitCode> {
         "regions": health["regions"],
         "unhealthyCustomerManagedKeys": unhealthy,
     });
-    match client.output {
-        Output::Json => print(Output::Json, &out),
-        Output::Table => {
+    let printer = client.printer();
+    match printer.format {
+        Output::Table if client.query.is_none() => {
             println!("ready            {ready}");
             println!("sealed           false (the server answers, so its root key is unsealed)");
             for k in ["management", "blob", "proxy"] {
@@ -272,6 +298,7 @@ async fn status(client: &ClientArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        _ => printer.print(&out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -295,10 +322,23 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { client } => status(&client).await,
+        Command::Group { cmd } => commands::group::run(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Keyvault { cmd } => commands::keyvault::run(cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Role { cmd } => commands::role::run(cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Storage { cmd } => commands::storage::run(cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Login(a) => commands::login::login(a).await.map(|()| ExitCode::SUCCESS),
+        Command::Logout(a) => commands::login::logout(a).map(|()| ExitCode::SUCCESS),
+        Command::Account { cmd } => commands::account::run(cmd)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Subscription {
             cmd: SubscriptionCmd::Create { name, client },
         } => {
-            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
             let alias = format!(
                 "coffer-cli-{}",
                 client::random_password()?.get(..12).unwrap_or("x")
@@ -312,9 +352,9 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             print(
-                client.output,
+                &client,
                 &json!({"subscriptionId": v["properties"]["subscriptionId"], "displayName": name}),
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
@@ -325,7 +365,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                     client,
                 },
         } => {
-            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
             let mut q = filter.pairs();
             q.push(("top".into(), top.clamp(1, 10_000).to_string()));
             let v: Value = serde_json::from_str(&c.get_text("/coffer/admin/audit", &q).await?)?;
@@ -339,7 +379,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             cmd: AuditCmd::Export { filter, client },
         } => {
             use std::io::Write;
-            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
             let mut after: Option<i64> = None;
             let mut stdout = std::io::stdout().lock();
             loop {
@@ -382,17 +422,15 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                     head_seq,
                     head,
                 } => {
-                    print(
-                        output,
+                    Printer::new(Some(output), None).print(
                         &json!({"intact": true, "records": records, "checkpoints": checkpoints, "headSeq": head_seq, "head": head}),
-                    );
+                    )?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Verdict::Broken { seq, reason } => {
-                    print(
-                        output,
+                    Printer::new(Some(output), None).print(
                         &json!({"intact": false, "firstBadRecord": seq, "reason": reason}),
-                    );
+                    )?;
                     Ok(ExitCode::from(EXIT_AUDIT_BROKEN))
                 }
             }
@@ -406,7 +444,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
         Command::Sp {
             cmd: SpCmd::Create { name, client },
         } => {
-            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
             let v = c
                 .post(
                     "/coffer/admin/servicePrincipals",
@@ -417,7 +455,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
                 "client_id": v["client_id"], "client_secret": v["client_secret"],
                 "object_id": v["object_id"], "tenant_id": v["tenant_id"],
             });
-            print(client.output, &out);
+            print(&client, &out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::User {
@@ -441,7 +479,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             } else {
                 (client::random_password()?, true)
             };
-            let c = client::AdminClient::from_data_dir(&client.data_dir).await?;
+            let c = client::AdminClient::from_data_dir(&client.data_dir()).await?;
             let v = c
                 .post(
                     "/coffer/admin/users",
@@ -452,7 +490,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
             if generated {
                 out["password"] = json!(password);
             }
-            print(client.output, &out);
+            print(&client, &out)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -473,7 +511,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("coffer: {e:#}");
-            ExitCode::FAILURE
+            if let Some(h) = error::hint_of(&e) {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(error::exit_code_of(&e))
         }
     }
 }
