@@ -24,15 +24,17 @@ Then it measures, interleaving the servers so that drift on the shared machine h
 2. 4 KiB Put Blob and Get Blob with wrk (--threads threads, --connections keep-alive
    connections, --seconds per round, --rounds rounds): every PUT writes the same 4 KiB body to
    the same blob, every GET reads one 4 KiB blob. nginx serves a 4 KiB static file for scale.
-3. Peak memory of the server process while it takes a 1 GiB (--mem-mib) Put Blob and serves it
-   back: VmHWM from /proc/<pid>/status (reset before each transfer by writing 5 to
+3. Peak memory of the server process while it takes a 1 GiB (--mem-mib) Put Blob (`curl -T`,
+   streamed: curl 7.88 refuses `--data-binary @file` above 1 GiB) and serves it back: VmHWM from /proc/<pid>/status (reset before each transfer by writing 5 to
    /proc/<pid>/clear_refs), and the largest VmRSS sampled every 10 ms.
 
 Server CPU per operation comes from /proc/<pid>/stat (utime + stime of the server and its child
 processes), context switches from /proc/<pid>/task/*/status. It records the machine load
 (/proc/loadavg, and the CPU time used by every other process while it measured), and prints a
-Markdown report on stdout. --diagnose adds strace -c and perf profiles of Coffer serving 4 KiB
-PUTs and GETs (not part of the timed figures). Results: docs/benchmarks.md.
+Markdown report on stdout. --diagnose then adds, for Coffer only and outside the timed figures,
+per-operation CPU and context switches by server thread group, strace -c syscall counts and a perf
+profile for 4 KiB GETs and PUTs, GETs of an empty blob (no object file opened), and one big
+download and upload. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ CONTAINER = "bench"
 MB = 1e6
 MIB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TIMEOUT = 600
 
 
 def log(msg: str) -> None:
@@ -158,9 +159,9 @@ def ctx_switches(root: int) -> int:
     return total
 
 
-def threads_by_name(pid: int) -> dict[str, tuple[int, float, int]]:
-    """Thread name -> (threads, CPU seconds, context switches) over the threads of `pid`."""
-    out: dict[str, tuple[int, float, int]] = {}
+def thread_snapshot(pid: int) -> dict[int, tuple[str, float, int]]:
+    """tid -> (thread name without its trailing number, CPU seconds, context switches)."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             raw = (task / "stat").read_text()
@@ -169,11 +170,29 @@ def threads_by_name(pid: int) -> dict[str, tuple[int, float, int]]:
             continue
         name = re.sub(r"[-_]?\d+$", "", raw[raw.index("(") + 1:raw.rindex(")")])
         f = raw.rsplit(")", 1)[1].split()
-        cpu = (int(f[11]) + int(f[12])) / CLK_TCK
         cs = sum(int(line.split()[1]) for line in status.splitlines()
                  if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
-        n, c, x = out.get(name, (0, 0.0, 0))
-        out[name] = (n + 1, c + cpu, x + cs)
+        out[int(task.name)] = (name, (int(f[11]) + int(f[12])) / CLK_TCK, cs)
+    return out
+
+
+def threads_delta(before: dict, after: dict, total_cpu: float) -> list[tuple[str, int, int, float, int]]:
+    """Per thread name: (name, threads alive at the end, of which new, CPU seconds, context
+    switches) between two snapshots; threads that exited in between are one extra row whose CPU
+    is the process total minus the rest (their context switches are not known)."""
+    rows: dict[str, list] = {}
+    for tid, (name, cpu, cs) in after.items():
+        _n, cpu0, cs0 = before.get(tid, (name, 0.0, 0))
+        r = rows.setdefault(name, [name, 0, 0, 0.0, 0])
+        r[1] += 1
+        r[2] += tid not in before
+        r[3] += cpu - cpu0
+        r[4] += cs - cs0
+    out = sorted((tuple(r) for r in rows.values()), key=lambda r: -r[3])
+    gone = [tid for tid in before if tid not in after]
+    if gone:
+        rest = total_cpu - sum(r[3] for r in out)
+        out.append((f"(exited during the run: {len(gone)})", 0, 0, max(rest, 0.0), -1))
     return out
 
 
@@ -182,11 +201,6 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def busy_seconds() -> float:
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK  # user nice system irq softirq steal
 
 
 def children_seconds() -> float:
@@ -263,13 +277,13 @@ def machine() -> dict:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    mem = status = "?"
+    mem = "?"
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
     fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", tempfile.gettempdir()],
                         capture_output=True, text=True).stdout.split()
-    fs = " on ".join(fs) if fs else status
+    fs = " on ".join(fs) if fs else "?"
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(), "mem": mem, "tmpfs": fs}
 
 
@@ -434,7 +448,7 @@ class Wrk:
     def __init__(self, args: argparse.Namespace, tmp: Path):
         self.args = args
         self.scripts = {}
-        for method in ("GET", "PUT", "HEAD"):
+        for method in ("GET", "PUT"):
             path = tmp / f"wrk-{method.lower()}.lua"
             path.write_text(WRK_LUA % {"method": method, "size": args.small, "version": X_MS_VERSION})
             self.scripts[method] = path
@@ -576,7 +590,7 @@ http {{
         self.wrk = Wrk(a, self.tmp)
         for name in ("Coffer", "Azurite"):
             srv = self.servers[name]
-            r = curl(srv, "small.bin", a.small, upload=self.small)
+            curl(srv, "small.bin", a.small, upload=self.small)
             assert sha256_of(srv, "small.bin") == self.small_sha, f"{name}: small.bin read back differs"
         for name, srv in self.servers.items():
             log(f"{name}: pid {srv.pid}, {srv.origin}, {self.ciphers[name]}")
@@ -641,45 +655,49 @@ http {{
         perf profile (cpu-clock, self time). Tracing slows the server; only counts are used."""
         srv, a, out = self.servers["Coffer"], self.args, []
         secs, size = 5.0, a.big_mib * MIB
+        empty = self.tmp / "empty.bin"
+        empty.write_bytes(b"")
+        curl(srv, "empty.bin", 0, upload=empty)
         cases = [
             ("4 KiB GET", "request", lambda: self.wrk.run(srv, "GET", "small.bin", secs)["requests"]),
             ("4 KiB PUT", "request", lambda: self.wrk.run(srv, "PUT", "small-put.bin", secs)["requests"]),
-            ("4 KiB HEAD (Get Blob Properties: the GET path without opening the object)", "request",
-             lambda: self.wrk.run(srv, "HEAD", "small.bin", secs)["requests"]),
+            ("GET of an empty blob (the GET path without opening an object file)", "request",
+             lambda: self.wrk.run(srv, "GET", "empty.bin", secs)["requests"]),
             (f"{a.big_mib} MiB download", "MiB", lambda: curl(srv, "big-0.bin", size) and a.big_mib),
             (f"{a.big_mib} MiB upload", "MiB", lambda: curl(srv, "diag.bin", size, upload=self.big) and a.big_mib),
         ]
         for label, unit, run in cases:
             out.append(f"#### {label}\n")
-            t0 = threads_by_name(srv.pid)
+            t0, c0 = thread_snapshot(srv.pid), tree_cpu(srv.pid)
             n = run()
-            t1 = threads_by_name(srv.pid)
-            out.append(f"Server threads, untraced run ({n} {unit}s): CPU and context switches per {unit}, by "
-                       f"thread name (threads alive at the end).\n")
-            out.append(f"| thread name | threads | CPU µs per {unit} | context switches per {unit} |")
+            t1, c1 = thread_snapshot(srv.pid), tree_cpu(srv.pid)
+            out.append(f"Server threads, untraced run ({n} {unit}s; server CPU {(c1 - c0) / n * 1e6:.0f} µs per "
+                       f"{unit} in all): CPU and context switches per {unit}, by thread name.\n")
+            out.append(f"| thread name | threads at the end (new) | CPU µs per {unit} | context switches per {unit} |")
             out.append("|---|---|---|---|")
-            for name in sorted(t1, key=lambda k: -(t1[k][1] - t0.get(k, (0, 0.0, 0))[1])):
-                cnt, cpu, cs = t1[name]
-                _c0, cpu0, cs0 = t0.get(name, (0, 0.0, 0))
-                if cpu - cpu0 > 0 or cs - cs0 > 0:
-                    out.append(f"| {name} | {cnt} | {(cpu - cpu0) / n * 1e6:.0f} | {(cs - cs0) / n:.1f} |")
+            for name, alive, new, cpu, cs in threads_delta(t0, t1, c1 - c0):
+                if cpu > 0 or cs > 0:
+                    out.append(f"| {name} | {alive} ({new}) | {cpu / n * 1e6:.0f} | "
+                               f"{'?' if cs < 0 else f'{cs / n:.1f}'} |")
             out.append("")
             if shutil.which("strace"):
                 st_out = self.tmp / "strace.txt"
-                st = subprocess.Popen(["strace", "-c", "-f", "-p", str(srv.pid), "-o", str(st_out)],
+                st = subprocess.Popen(["strace", "-c", "-w", "-f", "-p", str(srv.pid), "-o", str(st_out)],
                                       stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
                 n = run()
                 st.send_signal(signal.SIGINT)
                 st.wait(60)
-                rows = []
+                rows, fsync_us = [], ""
                 for line in st_out.read_text().splitlines()[2:]:
                     f = line.split()
                     if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
                         rows.append((int(f[3]) / n, f[-1]))
+                        if f[-1] in ("fsync", "fdatasync"):
+                            fsync_us += f" {f[-1]} takes {int(f[2]) / 1000:.1f} ms on average (wall)."
                 rows.sort(reverse=True)
-                out.append(f"Syscalls per {unit} (strace -c -f, {n} {unit}s under strace, ≥ 0.05 per {unit}): "
-                           + ", ".join(f"{name} {c:.2f}" for c, name in rows if c >= 0.05) + ".\n")
+                out.append(f"Syscalls per {unit} (strace -c -w -f, {n} {unit}s under strace, ≥ 0.05 per {unit}): "
+                           + ", ".join(f"{name} {c:.2f}" for c, name in rows if c >= 0.05) + "." + fsync_us + "\n")
             if shutil.which("perf"):
                 data = self.tmp / "perf.data"
                 pf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-p", str(srv.pid),

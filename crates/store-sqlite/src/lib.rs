@@ -29,7 +29,12 @@ use sqlx::{Row, SqlSafeStr};
 /// then writes fails at once with SQLITE_BUSY when another writer committed in between (the
 /// busy timeout cannot help there); an immediate one waits its turn.
 pub struct SqliteStore {
+    /// Reads (WAL readers never wait for the writer).
     pool: SqlitePool,
+    /// Every write, on one connection: writers queue in the pool instead of meeting in
+    /// SQLite's busy handler, whose backoff sleeps (1, 2, 5 … 100 ms) showed up as
+    /// 100–500 ms tail latency on concurrent blob writes (docs/benchmarks.md).
+    writer: SqlitePool,
     audit: AuditWriter,
 }
 
@@ -272,17 +277,26 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(db_err)?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| DomainError::Internal(format!("migrations: {e}")))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
             .map_err(db_err)?;
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| DomainError::Internal(format!("migrations: {e}")))?;
-        let audit = AuditWriter::start(pool.clone());
-        Ok(Self { pool, audit })
+        let audit = AuditWriter::start(writer.clone());
+        Ok(Self {
+            pool,
+            writer,
+            audit,
+        })
     }
 
     /// An in-memory database (tests).
@@ -298,10 +312,15 @@ impl SqliteStore {
             .await
             .map_err(|e| DomainError::Internal(format!("migrations: {e}")))?;
         let audit = AuditWriter::start(pool.clone());
-        Ok(Self { pool, audit })
+        Ok(Self {
+            writer: pool.clone(),
+            pool,
+            audit,
+        })
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -343,7 +362,7 @@ impl MetaStore for SqliteStore {
         sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
             .bind(key)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -357,7 +376,7 @@ impl MetaStore for SqliteStore {
         .bind(p.client_id.as_deref().map(lc))
         .bind(p.username.as_deref().map(lc))
         .bind(to_json(p)?)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match r {
             Ok(_) => Ok(()),
@@ -392,7 +411,7 @@ impl MetaStore for SqliteStore {
     async fn delete_principal(&self, object_id: &str) -> Result<()> {
         sqlx::query("DELETE FROM principals WHERE object_id = ?")
             .bind(lc(object_id))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -402,7 +421,7 @@ impl MetaStore for SqliteStore {
         sqlx::query("INSERT INTO subscriptions (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data")
             .bind(lc(&s.subscription_id))
             .bind(to_json(s)?)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -427,7 +446,7 @@ impl MetaStore for SqliteStore {
             .bind(lc(&g.subscription_id))
             .bind(lc(&g.name))
             .bind(to_json(g)?)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(!existed)
@@ -453,7 +472,7 @@ impl MetaStore for SqliteStore {
     async fn delete_resource_group(&self, sub: &str, name: &str) -> Result<bool> {
         let scope = normalize_scope(&format!("/subscriptions/{sub}/resourceGroups/{name}"));
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -490,7 +509,7 @@ impl MetaStore for SqliteStore {
             .bind(r.resource_group.as_deref().map(lc))
                         .bind(lc(&r.name))
             .bind(to_json(r)?)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| match e {
                 sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -541,7 +560,7 @@ impl MetaStore for SqliteStore {
     async fn delete_resource(&self, id: &str) -> Result<bool> {
         let scope = normalize_scope(id);
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -571,7 +590,7 @@ impl MetaStore for SqliteStore {
         .bind(lc(&a.name))
         .bind(lc(&a.principal_id))
         .bind(to_json(a)?)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match r {
             Ok(_) => Ok(()),
@@ -613,7 +632,7 @@ impl MetaStore for SqliteStore {
         let n = sqlx::query("DELETE FROM role_assignments WHERE scope = ? AND name = ?")
             .bind(normalize_scope(scope))
             .bind(lc(name))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?
             .rows_affected();
@@ -622,7 +641,7 @@ impl MetaStore for SqliteStore {
 
     async fn put_key(&self, record: &KeyRecord, version: Option<&KeyVersion>) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -699,7 +718,7 @@ impl MetaStore for SqliteStore {
 
     async fn purge_key(&self, vault: &str, name: &str) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -720,7 +739,7 @@ impl MetaStore for SqliteStore {
 
     async fn purge_vault_keys(&self, vault: &str) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -743,7 +762,7 @@ impl MetaStore for SqliteStore {
             .bind(&c.account)
             .bind(&c.name)
             .bind(to_json(c)?)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
         match r {
             Ok(_) => Ok(true),
@@ -757,7 +776,7 @@ impl MetaStore for SqliteStore {
             .bind(to_json(c)?)
             .bind(&c.account)
             .bind(&c.name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -782,7 +801,7 @@ impl MetaStore for SqliteStore {
 
     async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -866,7 +885,7 @@ impl MetaStore for SqliteStore {
         name: &str,
     ) -> Result<Option<BlobRecord>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -899,7 +918,7 @@ impl MetaStore for SqliteStore {
     async fn put_staged_block(&self, b: &StagedBlock) -> Result<Option<StagedBlock>> {
         let id = b.part.block_id.clone().unwrap_or_default();
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -948,7 +967,7 @@ impl MetaStore for SqliteStore {
 
     async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -985,7 +1004,7 @@ impl MetaStore for SqliteStore {
 
     async fn delete_account_data(&self, account: &str) -> Result<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
@@ -1010,7 +1029,7 @@ impl MetaStore for SqliteStore {
             .bind(&b.account)
             .bind(&b.container)
             .bind(&b.name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -1030,7 +1049,7 @@ impl MetaStore for SqliteStore {
             .bind(&b.container)
             .bind(&b.blob)
             .bind(b.part.block_id.clone().unwrap_or_default())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -1066,7 +1085,7 @@ impl MetaStore for SqliteStore {
         .bind(&d.state)
         .bind(d.due)
         .bind(to_json(d)?)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -1195,7 +1214,7 @@ impl AuditSink for SqliteStore {
     async fn prune(&self, before: i64) -> Result<u64> {
         // The newest checkpoint that covers only records older than `before`.
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
