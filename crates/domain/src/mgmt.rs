@@ -50,6 +50,8 @@ pub struct MgmtService {
     config: MgmtConfig,
     cmk: cmk::CmkState,
     events: std::sync::OnceLock<Arc<crate::events::EventService>>,
+    /// HMAC key for customer-provided key hashes (derived from the root key once).
+    cpk_hash_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
 }
 
 /// Outcome of a PUT: the resource body and whether it was created (201) or updated (200).
@@ -185,6 +187,7 @@ impl MgmtService {
             config,
             cmk: cmk::CmkState::new(vaults, changes, cmk_config),
             events: std::sync::OnceLock::new(),
+            cpk_hash_key: std::sync::OnceLock::new(),
         }
     }
 

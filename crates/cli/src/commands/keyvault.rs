@@ -505,11 +505,14 @@ pub async fn run(cmd: KeyvaultCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             if grant_self {
-                let me = s.object_id().await?;
-                let vid = v["id"].as_str().unwrap_or(&id).to_string();
-                crate::commands::role::assign(&s, &vid, CRYPTO_OFFICER, &me, None)
-                    .await
-                    .map_err(|e| e.context("the vault was created, but assigning you Key Vault Crypto Officer failed"))?;
+                let vid = v["id"].as_str().unwrap_or(&id);
+                crate::commands::role::grant_self(
+                    &s,
+                    vid,
+                    (CRYPTO_OFFICER, "Key Vault Crypto Officer"),
+                    "vault",
+                )
+                .await?;
             }
             client.printer().print_view(&v, Some(&vault_view))
         }

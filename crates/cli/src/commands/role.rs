@@ -165,6 +165,24 @@ pub async fn role_definition_id(s: &Session, role: &str) -> anyhow::Result<Strin
 
 /// Assign `role` (name, GUID or id) to `principal` at `scope`; the created assignment, or
 /// the existing one when the principal already holds the role there (so scripts can re-run).
+/// `--grant-self`: give the signed-in principal `role` on a resource just created.
+pub async fn grant_self(
+    s: &Session,
+    scope: &str,
+    (role, role_name): (&str, &str),
+    what: &str,
+) -> anyhow::Result<()> {
+    let me = s.object_id().await?;
+    assign(s, scope, role, &me, None)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            e.context(format!(
+                "the {what} was created, but assigning you {role_name} failed"
+            ))
+        })
+}
+
 pub async fn assign(
     s: &Session,
     scope: &str,

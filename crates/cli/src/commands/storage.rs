@@ -592,11 +592,14 @@ async fn run_account(cmd: AccountCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             if grant_self {
-                let me = s.object_id().await?;
-                let aid = v["id"].as_str().unwrap_or(&id).to_string();
-                crate::commands::role::assign(&s, &aid, BLOB_DATA_CONTRIBUTOR, &me, None)
-                    .await
-                    .map_err(|e| e.context("the account was created, but assigning you Storage Blob Data Contributor failed"))?;
+                let aid = v["id"].as_str().unwrap_or(&id);
+                crate::commands::role::grant_self(
+                    &s,
+                    aid,
+                    (BLOB_DATA_CONTRIBUTOR, "Storage Blob Data Contributor"),
+                    "account",
+                )
+                .await?;
             }
             client.printer().print_view(&v, Some(&account_view))
         }

@@ -257,6 +257,20 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// An account body being changed by a management write, as a resource (its id, name and
+/// body are what the key functions read).
+fn in_flight(body: &Value) -> Resource {
+    Resource {
+        id: body["id"].as_str().unwrap_or_default().to_string(),
+        resource_type: STORAGE_TYPE.into(),
+        subscription_id: String::new(),
+        resource_group: None,
+        name: body["name"].as_str().unwrap_or_default().to_string(),
+        location: None,
+        body: body.clone(),
+    }
+}
+
 fn norm_region(r: &str) -> String {
     r.replace(' ', "").to_ascii_lowercase()
 }
@@ -718,18 +732,10 @@ impl MgmtService {
 
         // The AEK, unwrapped with the current protection, then wrapped by the new key version
         // and unwrapped again: proof that the identity holds wrapKey and unwrapKey.
+        let r = in_flight(body);
         let current = if new {
-            self.platform_aek_from_body(&name, body)?
+            self.platform_aek(&r)?
         } else {
-            let r = Resource {
-                id: body["id"].as_str().unwrap_or_default().to_string(),
-                resource_type: STORAGE_TYPE.into(),
-                subscription_id: String::new(),
-                resource_group: None,
-                name: name.clone(),
-                location: Some(location.to_string()),
-                body: body.clone(),
-            };
             if is_cmk(body) {
                 self.cmk_unwrap_current(&r).await.map_err(|e| match e {
                     DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
@@ -832,19 +838,6 @@ impl MgmtService {
         Ok(())
     }
 
-    fn platform_aek_from_body(&self, name: &str, body: &Value) -> Result<SecretBytes> {
-        let r = Resource {
-            id: String::new(),
-            resource_type: STORAGE_TYPE.into(),
-            subscription_id: String::new(),
-            resource_group: None,
-            name: name.to_string(),
-            location: None,
-            body: body.clone(),
-        };
-        self.platform_aek(&r)
-    }
-
     /// The AEK of a CMK account as it stands (cache or one unwrap), without picking up new
     /// versions: for management writes, which hold the write lock that a pick-up needs.
     async fn cmk_unwrap_current(&self, r: &Resource) -> Result<SecretBytes> {
@@ -873,15 +866,7 @@ impl MgmtService {
     /// Re-wrap a CMK account's AEK under the platform key (keySource back to Microsoft.Storage).
     async fn switch_to_platform(&self, body: &mut Value) -> Result<()> {
         let name = body["name"].as_str().unwrap_or_default().to_string();
-        let r = Resource {
-            id: body["id"].as_str().unwrap_or_default().to_string(),
-            resource_type: STORAGE_TYPE.into(),
-            subscription_id: String::new(),
-            resource_group: None,
-            name: name.clone(),
-            location: None,
-            body: body.clone(),
-        };
+        let r = in_flight(body);
         let aek = self.cmk_unwrap_current(&r).await.map_err(|e| match e {
             DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
                 code,

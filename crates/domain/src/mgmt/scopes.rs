@@ -216,16 +216,9 @@ impl MgmtService {
     /// The key of an enabled scope of an account (by account name), and its id for object
     /// headers. A disabled scope fails with 403 `EncryptionScopeDisabled`.
     pub async fn scope_key(&self, account: &str, scope: &str) -> Result<(SecretBytes, String)> {
-        let acct = self
-            .store
-            .find_resources_by_name(STORAGE_TYPE, account)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DomainError::ResourceNotFound {
-                resource_type: STORAGE_TYPE.into(),
-                name: account.into(),
-            })?;
+        // The name comes from a request header: validated before it becomes part of an id.
+        validate_scope_name(scope)?;
+        let acct = self.account_by_name(account).await?;
         let id = format!("{}/encryptionScopes/{scope}", acct.id);
         let r = self.store.get_resource(&id).await?.ok_or_else(|| {
             DomainError::InvalidProperty(format!(

@@ -651,16 +651,7 @@ impl MgmtService {
 
     /// The account keys in clear, for Shared Key verification on the blob plane.
     pub async fn account_keys(&self, name: &str) -> Result<Vec<SecretBytes>> {
-        let r = self
-            .store
-            .find_resources_by_name(STORAGE_TYPE, name)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DomainError::ResourceNotFound {
-                resource_type: STORAGE_TYPE.into(),
-                name: name.into(),
-            })?;
+        let r = self.account_by_name(name).await?;
         let mut out = Vec::new();
         for k in r.body["_keys"].as_array().cloned().unwrap_or_default() {
             let sealed = b64::std_decode(k["sealed"].as_str().unwrap_or_default())
@@ -675,7 +666,8 @@ impl MgmtService {
 }
 
 impl MgmtService {
-    async fn account_by_name(&self, name: &str) -> Result<Resource> {
+    /// The account with this (globally unique) name, or ResourceNotFound.
+    pub(super) async fn account_by_name(&self, name: &str) -> Result<Resource> {
         self.store
             .find_resources_by_name(STORAGE_TYPE, name)
             .await?
@@ -700,12 +692,16 @@ impl MgmtService {
     /// with a key derived from the root key): it checks a later request's key, and reveals
     /// nothing of the key to someone who reads the metadata store.
     pub fn cpk_tag(&self, key: &[u8]) -> Result<String> {
-        let k = self.root.derive("cpk-key-hash")?;
-        let tag = aws_lc_rs::hmac::sign(
-            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k.expose()),
-            key,
-        );
-        Ok(hex::encode(tag.as_ref()))
+        let hmac_key = match self.cpk_hash_key.get() {
+            Some(k) => k,
+            None => {
+                let k = self.root.derive("cpk-key-hash")?;
+                self.cpk_hash_key.get_or_init(|| {
+                    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k.expose())
+                })
+            }
+        };
+        Ok(hex::encode(aws_lc_rs::hmac::sign(hmac_key, key).as_ref()))
     }
 
     /// Merge Blob service properties sections into an account.
@@ -818,16 +814,7 @@ impl MgmtService {
     /// The account behind a blob host or path, with its AEK: unsealed (platform key) or
     /// unwrapped by the account's customer-managed key (cached; see `cmk.rs`).
     pub async fn blob_account(&self, name: &str, correlation: &str) -> Result<BlobAccount> {
-        let r = self
-            .store
-            .find_resources_by_name(STORAGE_TYPE, name)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DomainError::ResourceNotFound {
-                resource_type: STORAGE_TYPE.into(),
-                name: name.into(),
-            })?;
+        let r = self.account_by_name(name).await?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
         // A CMK that cannot be used is reported after the request is authorized.
         let key = match self.account_aek(&r, correlation).await {
