@@ -38,7 +38,13 @@ pub struct SqliteStore {
     audit: AuditWriter,
 }
 
-type AuditJob = (i64, String, tokio::sync::oneshot::Sender<Result<()>>);
+/// A record to append (its time and JSON), or `None`: a barrier that completes once every
+/// record queued before it is committed (so a query sees what was queued before it).
+type AuditJob = (
+    i64,
+    Option<String>,
+    tokio::sync::oneshot::Sender<Result<()>>,
+);
 
 /// Group commit for audit records: every record is durable (committed with
 /// `synchronous=FULL`) before `record` returns, but records that arrive together share one
@@ -82,7 +88,9 @@ impl AuditWriter {
                     Some(_) => Ok(()),
                     None => Self::load_head(&pool).await.map(|h| head = Some(h)),
                 };
+                let records = batch.iter().any(|(_, d, _)| d.is_some());
                 let result = match (result, head.as_mut()) {
+                    (Ok(()), _) if !records => Ok(()),
                     (Ok(()), Some(h)) => Self::commit(&pool, &batch, h, sign.get()).await,
                     (Err(e), _) => Err(e),
                     (Ok(()), None) => Err(sqlx::Error::Protocol("audit head".into())),
@@ -143,6 +151,7 @@ impl AuditWriter {
         let mut rows = Vec::with_capacity(batch.len());
         let mut last_time = 0;
         for (time, data, _) in batch {
+            let Some(data) = data else { continue };
             seq += 1;
             hash = chain::link(chain_key, &hash, seq, *time, data);
             last_time = *time;
@@ -1126,7 +1135,7 @@ impl AuditSink for SqliteStore {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.audit
             .tx
-            .send((rec.time, to_json(rec)?, done))
+            .send((rec.time, Some(to_json(rec)?), done))
             .await
             .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))?;
         wait.await
@@ -1134,6 +1143,15 @@ impl AuditSink for SqliteStore {
     }
 
     async fn query(&self, f: &AuditFilter) -> Result<Vec<serde_json::Value>> {
+        // Read your writes: records queued without waiting (blob requests) are committed first.
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.audit
+            .tx
+            .send((0, None, done))
+            .await
+            .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))??;
         let mut sql = String::from("SELECT seq, data FROM audit WHERE seq > ?");
         let mut binds: Vec<String> = Vec::new();
         if f.from.is_some() {
@@ -1246,7 +1264,7 @@ impl AuditSink for SqliteStore {
         let (done, _) = tokio::sync::oneshot::channel();
         self.audit
             .tx
-            .send((rec.time, to_json(rec)?, done))
+            .send((rec.time, Some(to_json(rec)?), done))
             .await
             .map_err(|_| DomainError::Internal("the audit writer has stopped".into()))
     }
@@ -1401,6 +1419,27 @@ mod tests {
         let recs = s.audit_records().await?;
         assert_eq!(recs.len(), 50);
         assert_eq!(recs[0]["message"], "it's \"quoted\"");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_query_sees_records_queued_before_it() -> Result<()> {
+        let s = SqliteStore::memory().await?;
+        for i in 0..20 {
+            s.record_queued(&AuditRecord {
+                time: i,
+                operation_name: "GetBlob".into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        let seen = s
+            .query(&AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(seen.len(), 20);
         Ok(())
     }
 
