@@ -22,6 +22,11 @@ if [ ! -x .venv-azcli/bin/python ]; then
 fi
 .venv-azcli/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements-azcli.txt
 
+step "Chromium for the console's browser tests (Debian's package; Playwright drives it, no browser download)"
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -127,6 +127,12 @@ pub fn string_to_sign(
     s
 }
 
+/// The Shared Key signature of `sts` under `key` (base64 HMAC-SHA256), for in-process clients.
+pub fn sign(key: &[u8], sts: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    coffer_crypto::b64::std_encode(hmac::sign(&key, sts.as_bytes()).as_ref())
+}
+
 /// Whether `signature` (base64) is a valid HMAC-SHA256 of `sts` under one of `keys`
 /// (constant-time comparison inside `hmac::verify`).
 pub fn verify(keys: &[SecretBytes], sts: &str, signature_b64: &str) -> bool {

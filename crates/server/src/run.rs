@@ -130,7 +130,16 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     tasks.spawn(listen::serve_tls(
         main_l,
         tls.server_config.clone(),
-        coffer_api::main_router(state.clone()),
+        coffer_api::main_router(state.clone()).nest(
+            "/console",
+            coffer_console::router(coffer_console::Console::new(
+                state.clone(),
+                Arc::new(ChainCheck {
+                    store: booted.store.clone(),
+                    keys: crate::bootstrap::audit_keys(&booted.root)?,
+                }),
+            )),
+        ),
         rx.clone(),
     ));
     tasks.spawn(listen::serve_tls(
@@ -231,5 +240,21 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+/// The console's "Verify chain": the same check as `coffer audit verify`, on the live store.
+struct ChainCheck {
+    store: Arc<coffer_store_sqlite::SqliteStore>,
+    keys: coffer_store_sqlite::AuditKeys,
+}
+
+#[async_trait::async_trait]
+impl coffer_console::ChainVerifier for ChainCheck {
+    async fn verify(&self) -> Result<coffer_domain::audit::chain::Verdict, String> {
+        self.store
+            .verify_audit(&self.keys)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

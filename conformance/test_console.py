@@ -1,0 +1,363 @@
+"""The web console in a real browser: Playwright driving Debian's headless Chromium.
+
+The seed's portal flow end to end (sign in, vault with purge protection, key, storage account
+with a system-assigned identity, the role on the IAM page, the Encryption page, a blob, disable
+and re-enable the key), the region error, a Reader's view and forged POSTs, the sign-in limit,
+and no request leaving the machine. Screenshots go to target/console-screenshots/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from harness import REPO_ROOT, Coffer, unique
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+CHROMIUM = os.environ.get("COFFER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = REPO_ROOT / "target" / "console-screenshots"
+PASSWORD = "Console-Test-Password-1"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (scripts/test.sh installs Debian's chromium)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()
+
+
+class Console:
+    """A browser context signed in (or not) to one server, recording every request it makes."""
+
+    def __init__(self, coffer: Coffer, browser, name: str):
+        self.coffer = coffer
+        self.origin = coffer.management.rstrip("/")
+        self.ctx = browser.new_context(ignore_https_errors=True, accept_downloads=True)
+        self.requests: list[str] = []
+        self.ctx.on("request", lambda r: self.requests.append(r.url))
+        self.page = self.ctx.new_page()
+        self.page.set_default_timeout(20_000)
+        self.name = name
+
+    def go(self, path: str):
+        return self.page.goto(self.origin + path)
+
+    def sign_in(self, username: str, password: str):
+        self.go("/console")
+        self.page.get_by_label("Username").fill(username)
+        self.page.get_by_label("Password").fill(password)
+        self.page.get_by_role("button", name="Sign in").click()
+
+    def nav(self, name: str):
+        self.page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True).click()
+
+    def shot(self, name: str):
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{self.name}-{name}.png"), full_page=True)
+
+    def csrf(self) -> str:
+        return self.page.locator('input[name="csrf"]').first.get_attribute("value")
+
+    def all_local(self):
+        outside = [u for u in self.requests
+                   if not (u.startswith(self.origin + "/") or u.startswith("data:") or u.startswith("about:"))]
+        assert not outside, f"requests left the console's origin: {outside}"
+        assert self.requests, "no request recorded"
+
+    def close(self):
+        self.ctx.close()
+
+
+def new_user(coffer: Coffer, role: str | None) -> tuple[str, str]:
+    """A console user with `role` at the subscription (None: no role)."""
+    username = unique("user-")
+    r = coffer.arm("POST", "/coffer/admin/users", json={"username": username, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    oid = r.json()["object_id"]
+    if role:
+        coffer.assign_role(f"/subscriptions/{coffer.subscription_id}", role, oid)
+    return username, oid
+
+
+@pytest.fixture
+def owner(coffer, browser):
+    username, _ = new_user(coffer, "Owner")
+    c = Console(coffer, browser, "owner")
+    c.sign_in(username, PASSWORD)
+    expect(c.page.get_by_role("heading", name="Overview")).to_be_visible()
+    yield c
+    c.close()
+
+
+def create_vault(c: Console, rg: str, region: str) -> str:
+    name = unique("kv-")[:20]
+    c.nav("Key vaults")
+    c.page.get_by_label("Key vault name").fill(name)
+    c.page.get_by_label("Resource group").fill(rg)
+    c.page.get_by_label("Region").select_option(region)
+    c.page.get_by_label("Enable purge protection").check()
+    c.page.get_by_role("button", name="Create").click()
+    expect(c.page.get_by_role("heading", name=f"Key vault {name}")).to_be_visible()
+    return name
+
+
+def generate_key(c: Console) -> str:
+    name = unique("cmk-")
+    c.page.get_by_label("Name", exact=True).first.fill(name)
+    c.page.get_by_label("Key type").select_option("RSA")
+    c.page.get_by_label("RSA key size").select_option("2048")
+    c.page.get_by_role("button", name="Generate").click()
+    expect(c.page.get_by_role("heading", name=f"Key {name}")).to_be_visible()
+    return name
+
+
+def create_account(c: Console, rg: str, region: str) -> str:
+    name = unique("sa", 14).replace("-", "").lower()[:20]
+    c.nav("Storage accounts")
+    c.page.get_by_label("Storage account name").fill(name)
+    c.page.get_by_label("Resource group").fill(rg)
+    c.page.get_by_label("Region").select_option(region)
+    expect(c.page.get_by_label("System-assigned managed identity")).to_be_checked()
+    c.page.get_by_role("button", name="Create").click()
+    expect(c.page.get_by_role("heading", name=f"Storage account {name}")).to_be_visible()
+    return name
+
+
+def test_portal_flow_customer_managed_key(coffer, owner):
+    c = owner
+    page = c.page
+    rg = unique("rg-console-")
+    c.shot("overview")
+    vault = create_vault(c, rg, "eastus")
+    c.shot("key-vault")
+    key = generate_key(c)
+    key_url = page.url
+    c.shot("key")
+    account = create_account(c, rg, "eastus")
+    account_url = page.url
+
+    # Grant the account's identity the role on the vault, on the IAM page.
+    c.nav("Access control (IAM)")
+    page.get_by_label("Scope").select_option(label=f"Key vault {vault}")
+    page.get_by_role("button", name="Show").click()
+    page.get_by_label("Role", exact=True).select_option(label="Key Vault Crypto Service Encryption User")
+    page.get_by_label("Member").select_option(label=f"{account} (storage account, system-assigned identity)")
+    page.get_by_role("button", name="Assign").click()
+    expect(page.get_by_role("status")).to_have_text("Role assignments updated.")
+    expect(page.get_by_role("table", name="Role assignments")).to_contain_text("Key Vault Crypto Service Encryption User")
+    c.shot("iam")
+
+    # The seed's Encryption page.
+    page.goto(account_url)
+    page.get_by_role("link", name="Encryption").click()
+    page.get_by_label("Customer-managed keys").check()
+    page.get_by_label("Select from key vault").check()
+    page.get_by_label("Key vault", exact=True).select_option(label=f"{vault} (eastus)")
+    expect(page.get_by_label("Key", exact=True).locator(f'option[value="{key}"]')).to_have_count(1)
+    page.get_by_label("Key", exact=True).select_option(key)
+    expect(page.get_by_label("Version")).to_have_value("")  # automatic updates
+    page.get_by_label("System-assigned").check()
+    c.shot("encryption-filled")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_have_text("Encryption settings saved.")
+    expect(page.locator("#encryption-type")).to_have_text("Customer-managed keys")
+    expect(page.locator("#cmk-status")).to_have_text("Healthy")
+    assert len(page.locator("#key-version").inner_text()) == 32
+    c.shot("encryption-saved")
+
+    # A blob uploaded in the browser.
+    page.goto(account_url)
+    page.get_by_label("Container name").fill("docs")
+    page.get_by_role("button", name="Create container").click()
+    page.get_by_role("link", name="docs", exact=True).click()
+    data = os.urandom(300_000)
+    page.get_by_label("File").set_input_files(files=[{"name": "report.bin", "mimeType": "application/octet-stream", "buffer": data}])
+    page.get_by_role("button", name="Upload").click()
+    expect(page.get_by_role("table", name="Blobs")).to_contain_text("report.bin")
+    expect(page.get_by_role("table", name="Blobs")).to_contain_text("300000")
+    c.shot("container")
+    download = page.get_by_role("link", name="Download report.bin").get_attribute("href")
+    r = page.request.get(c.origin + download)
+    assert r.status == 200 and hashlib.sha256(r.body()).digest() == hashlib.sha256(data).digest()
+
+    # Disable the key on its page: the dependent account is listed first.
+    page.goto(key_url)
+    expect(page.get_by_role("table", name="Dependent storage accounts")).to_contain_text(account)
+    page.get_by_role("button", name="Disable").click()
+    expect(page.get_by_role("heading", name=f"Disable key {key}?")).to_be_visible()
+    expect(page.get_by_role("table", name="Dependent storage accounts")).to_contain_text(account)
+    c.shot("disable-confirm")
+    page.get_by_role("button", name="Confirm disable").click()
+    expect(page.locator("#key-status")).to_have_text("Disabled")
+
+    page.goto(account_url)
+    expect(page.locator("#cmk-status")).to_have_text("KeyDisabled")
+    c.shot("account-key-disabled")
+    r = page.request.get(c.origin + download)
+    assert r.status == 403, r.status
+    assert "KeyVaultEncryptionKeyNotFound" in r.text()
+
+    # Re-enable: the same bytes come back.
+    page.goto(key_url)
+    page.get_by_role("button", name="Enable").click()
+    expect(page.locator("#key-status")).to_have_text("Enabled")
+    r = page.request.get(c.origin + download)
+    assert r.status == 200 and r.body() == data
+    page.goto(account_url)
+    expect(page.locator("#cmk-status")).to_have_text("Healthy")
+
+    c.nav("Overview")
+    expect(page.get_by_role("table", name="Storage account encryption")).to_contain_text(account)
+    c.all_local()
+
+
+def test_administrator_pages_audit_and_monitoring(coffer, browser, owner):
+    # Some vault traffic to look at: a key made through the console by an Owner.
+    rg = unique("rg-console-")
+    create_vault(owner, rg, "eastus")
+    key = generate_key(owner)
+    c = Console(coffer, browser, "admin")
+    try:
+        c.sign_in(coffer.admin["username"], coffer.admin["password"])
+        page = c.page
+        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page.get_by_role("table", name="Recent denials")).to_be_visible()
+        c.shot("overview")
+        c.nav("Audit log")
+        page.get_by_label("Operation").fill("KeyCreate")
+        page.get_by_role("button", name="Apply").click()
+        expect(page.get_by_role("table", name="Audit records")).to_contain_text("KeyCreate")
+        page.get_by_role("button", name="Verify chain").click()
+        expect(page.get_by_role("status")).to_contain_text("The audit log is intact")
+        c.shot("audit-log")
+        c.nav("Monitoring")
+        for chart in ("Vault operations", "Unwrap calls", "Vault latency (mean)", "Denials"):
+            expect(page.get_by_role("img", name=chart)).to_be_visible()
+        c.shot("monitoring")
+        c.all_local()
+    finally:
+        c.close()
+    assert key
+
+
+def test_key_uri_in_another_region_shows_the_error_and_saves_nothing(coffer, owner):
+    c = owner
+    page = c.page
+    rg = unique("rg-console-")
+    vault = create_vault(c, rg, "westeurope")
+    generate_key(c)
+    kid = page.locator("dl.props dd").first.inner_text()
+    account = create_account(c, rg, "eastus")
+    page.get_by_role("link", name="Encryption").click()
+    page.get_by_label("Customer-managed keys").check()
+    page.get_by_label("Enter key URI").check()
+    page.get_by_label("Key URI", exact=True).fill(kid.rsplit("/", 1)[0])
+    page.get_by_role("button", name="Save").click()
+    # First what is missing: the identity's permission, and how to fix it.
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("KeyVaultAccessDenied")
+    expect(alert).to_contain_text("Grant it the role 'Key Vault Crypto Service Encryption User'")
+    c.shot("permission-error")
+    props = coffer.mgmt_clients().storage.storage_accounts.get_properties(rg, account)
+    vault_id = f"/subscriptions/{coffer.subscription_id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}"
+    coffer.assign_role(vault_id, "Key Vault Crypto Service Encryption User", props.identity.principal_id)
+    # With the permission, the region rule.
+    page.get_by_label("Customer-managed keys").check()
+    page.get_by_label("Enter key URI").check()
+    page.get_by_label("Key URI", exact=True).fill(kid.rsplit("/", 1)[0])
+    page.get_by_role("button", name="Save").click()
+    expect(alert).to_contain_text("region")
+    expect(alert).to_contain_text("westeurope")
+    c.shot("region-error")
+    expect(page.locator("#encryption-type")).to_have_text("Microsoft-managed keys")
+    got = coffer.mgmt_clients().storage.storage_accounts.get_properties(rg, account)
+    assert got.encryption.key_source == "Microsoft.Storage"
+    c.all_local()
+
+
+def test_reader_sees_no_save_and_forged_posts_are_refused(coffer, browser, owner):
+    rg = unique("rg-console-")
+    account = create_account(owner, rg, "eastus")
+    account_id = f"/subscriptions/{coffer.subscription_id}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{account}"
+    username, _ = new_user(coffer, "Reader")
+    c = Console(coffer, browser, "reader")
+    try:
+        c.sign_in(username, PASSWORD)
+        c.go(f"/console/account/encryption?id={quote(account_id, safe='')}")
+        expect(c.page.get_by_role("heading", name=f"Encryption — {account}")).to_be_visible()
+        expect(c.page.get_by_role("button", name="Save")).to_be_disabled()
+        c.shot("reader-encryption")
+        form = {"id": account_id, "keySource": "Microsoft.Keyvault", "method": "uri",
+                "keyUri": "https://x.vault.example/keys/k", "identityType": "SystemAssigned"}
+        # No CSRF token: refused before anything happens.
+        r = c.page.request.post(c.origin + "/console/account/encryption", form=form)
+        assert r.status == 403 and "CSRF" in r.text()
+        # A wrong one too.
+        r = c.page.request.post(c.origin + "/console/account/encryption", form={**form, "csrf": "forged"})
+        assert r.status == 403 and "CSRF" in r.text()
+        # The right token, but a Reader: the management API refuses it.
+        r = c.page.request.post(c.origin + "/console/account/encryption", form={**form, "csrf": c.csrf()})
+        assert r.status == 403 and "AuthorizationFailed" in r.text()
+        # Another site's form, even with the token: refused by the Origin check.
+        r = c.page.request.post(c.origin + "/console/account/encryption",
+                                form={**form, "csrf": c.csrf()}, headers={"Origin": "https://evil.example"})
+        assert r.status == 403 and "CSRF" in r.text()
+        got = coffer.mgmt_clients().storage.storage_accounts.get_properties(rg, account)
+        assert got.encryption.key_source == "Microsoft.Storage"
+        c.all_local()
+    finally:
+        c.close()
+
+
+def test_sign_in_cookie_errors_and_lockout(coffer, browser):
+    username, _ = new_user(coffer, None)
+    c = Console(coffer, browser, "signin")
+    try:
+        c.go("/console/overview")
+        expect(c.page.get_by_role("button", name="Sign in")).to_be_visible()
+        c.shot("signin")
+        c.sign_in(username, "wrong-password")
+        expect(c.page.get_by_role("alert")).to_have_text("The user name or password is incorrect.")
+        # A sign-in POST without the form's token is refused.
+        r = c.page.request.post(c.origin + "/console/signin", form={"username": username, "password": PASSWORD})
+        assert r.status == 403
+        for _ in range(4):
+            c.sign_in(username, "wrong-password")
+        # Locked now, even with the right password.
+        c.sign_in(username, PASSWORD)
+        expect(c.page.get_by_role("alert")).to_contain_text("Too many failed sign-in attempts")
+
+        # Another user signs in; the session cookie is locked down.
+        other, _ = new_user(coffer, None)
+        c.sign_in(other, PASSWORD)
+        expect(c.page.get_by_role("heading", name="Overview")).to_be_visible()
+        cookie = next(k for k in c.ctx.cookies() if k["name"] == "__Host-coffer-session")
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        r = c.page.request.get(c.origin + "/console/overview")
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        c.page.get_by_role("button", name="Sign out").click()
+        expect(c.page.get_by_role("button", name="Sign in")).to_be_visible()
+        r = c.page.request.get(c.origin + "/console/overview", max_redirects=0)
+        assert r.status in (302, 303, 307) and r.headers["location"].endswith("/console/signin")
+        # Sign-ins are audited, failures included.
+        recs = coffer.arm("GET", f"/coffer/admin/audit?operation=ConsoleSignIn&caller={username}&top=50").json()["value"]
+        assert [x["resultSignature"] for x in recs][:5] == [401] * 5
+        assert 429 in [x["resultSignature"] for x in recs]
+        c.all_local()
+    finally:
+        c.close()
