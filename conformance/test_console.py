@@ -361,3 +361,102 @@ def test_sign_in_cookie_errors_and_lockout(coffer, browser):
         c.all_local()
     finally:
         c.close()
+
+
+def test_key_lifecycle_import_pem_delete_recover_purge_and_data_pages(coffer, owner, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    c = owner
+    page = c.page
+    rg = unique("rg-console-")
+    name = unique("kv-")[:20]
+    c.nav("Key vaults")
+    page.get_by_label("Key vault name").fill(name)
+    page.get_by_label("Resource group").fill(rg)
+    page.get_by_label("Days to retain deleted vaults").fill("7")
+    page.get_by_role("button", name="Create").click()  # no purge protection: purge is allowed
+    expect(page.get_by_role("heading", name=f"Key vault {name}")).to_be_visible()
+    vault_url = page.url
+
+    # Import a PEM key (PKCS#8 EC P-256).
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = unique("imported-")
+    page.get_by_label("Name", exact=True).nth(1).fill(key)
+    page.get_by_label("Key (JWK or PEM)").fill(pem)
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("heading", name=f"Key {key}")).to_be_visible()
+    expect(page.locator("dl.props")).to_contain_text("EC")
+    # A bad PEM is an inline error, not a crash.
+    page.goto(vault_url)
+    page.get_by_label("Name", exact=True).nth(1).fill(unique("bad-"))
+    page.get_by_label("Key (JWK or PEM)").fill("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("alert")).to_contain_text("The PEM key could not be read")
+
+    # Expiry, rotation now and a rotation policy.
+    page.goto(vault_url)
+    page.get_by_role("link", name=key).click()
+    page.get_by_label("Expiration date").fill("2031-01-01T00:00")
+    page.get_by_role("button", name="Save dates").click()
+    expect(page.get_by_role("status")).to_have_text("Dates saved.")
+    expect(page.locator("dl.props")).to_contain_text("2031-01-01T00:00:00Z")
+    page.get_by_role("button", name="Rotate now").click()
+    expect(page.get_by_role("status")).to_have_text("A new version was created.")
+    expect(page.get_by_role("table", name="Versions").locator("tbody tr")).to_have_count(2)
+    page.get_by_label("Rotate automatically after (days since creation)").fill("90")
+    page.get_by_label("Set expiration time of new versions to (days)").fill("365")
+    page.get_by_role("button", name="Save rotation policy").click()
+    expect(page.get_by_role("status")).to_have_text("Rotation policy saved.")
+    expect(page.get_by_label("Rotate automatically after (days since creation)")).to_have_value("90")
+
+    # Delete (confirmed), recover, delete again, purge.
+    page.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("heading", name=f"Delete key {key}?")).to_be_visible()
+    page.get_by_role("button", name="Confirm delete").click()
+    expect(page.get_by_role("table", name="Deleted keys")).to_contain_text(key)
+    page.get_by_role("button", name=f"Recover {key}").click()
+    expect(page.get_by_role("status")).to_contain_text("recover done")
+    expect(page.get_by_role("table", name="Keys")).to_contain_text(key)
+    page.get_by_role("link", name=key).click()
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Confirm delete").click()
+    page.get_by_role("button", name=f"Purge {key}").click()
+    expect(page.get_by_role("status")).to_contain_text("purge done")
+    expect(page.get_by_role("table", name="Keys")).not_to_contain_text(key)
+
+    # Blobs: upload two, delete one; role assignments: add and remove.
+    account = create_account(c, rg, "eastus")
+    account_url = page.url
+    page.get_by_label("Container name").fill("box")
+    page.get_by_role("button", name="Create container").click()
+    page.get_by_role("link", name="box", exact=True).click()
+    for n in ("a.txt", "dir/b.txt"):
+        page.get_by_label("File").set_input_files(files=[{"name": "x.txt", "mimeType": "text/plain", "buffer": n.encode()}])
+        page.get_by_label("Blob name").fill(n)
+        page.get_by_role("button", name="Upload").click()
+        expect(page.get_by_role("table", name="Blobs")).to_contain_text(n)
+    page.get_by_role("button", name="Delete a.txt").click()
+    expect(page.get_by_role("status")).to_have_text("Deleted a.txt.")
+    expect(page.get_by_role("table", name="Blobs")).not_to_contain_text("a.txt")
+    r = page.request.get(c.origin + page.get_by_role("link", name="Download dir/b.txt").get_attribute("href"))
+    assert r.status == 200 and r.body() == b"dir/b.txt"
+    assert 'filename="b.txt"' in r.headers["content-disposition"]
+
+    page.goto(account_url)
+    page.get_by_role("button", name="Delete container box").click()
+    expect(page.get_by_role("table", name="Containers")).not_to_contain_text("box")
+
+    c.nav("Access control (IAM)")
+    page.get_by_label("Scope").select_option(label=f"Storage account {account}")
+    page.get_by_role("button", name="Show").click()
+    page.get_by_label("Role", exact=True).select_option(label="Reader")
+    page.get_by_label("Member").select_option(label=f"{account} (storage account, system-assigned identity)")
+    page.get_by_role("button", name="Assign").click()
+    rows = page.get_by_role("table", name="Role assignments").locator("tbody tr", has_text="Reader").filter(has_text=account)
+    expect(rows).to_have_count(1)
+    rows.get_by_role("button", name="Remove").click()
+    expect(page.get_by_role("status")).to_have_text("Role assignments updated.")
+    expect(page.get_by_role("table", name="Role assignments").locator("tbody tr", has_text="Reader").filter(has_text=account)).to_have_count(0)
+    c.all_local()

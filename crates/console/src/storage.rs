@@ -455,7 +455,7 @@ async fn container_page(
                 button type="submit" { "Upload" }
                 label for="upload-progress" { "Upload progress" }
                 progress #upload-progress max="100" value="0" {}
-                output #upload-status role="status" {}
+                p #upload-status aria-live="polite" {}
             }
         }
     };
