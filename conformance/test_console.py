@@ -25,6 +25,20 @@ CHROMIUM = os.environ.get("COFFER_CHROMIUM") or shutil.which("chromium") or "/us
 SHOTS = REPO_ROOT / "target" / "console-screenshots"
 PASSWORD = "Console-Test-Password-1"
 
+# Visible form controls with neither an associated <label> nor aria-label, and buttons and links
+# with no text: what a screen reader (and get_by_label / get_by_role) could not name.
+UNNAMED_CONTROLS = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea, progress')) {
+    const named = (el.labels && el.labels.length) || el.getAttribute('aria-label') || el.closest('label');
+    if (!named) out.push(el.outerHTML.slice(0, 120));
+  }
+  for (const el of document.querySelectorAll('button, a[href]')) {
+    if (!(el.textContent.trim() || el.getAttribute('aria-label'))) out.push(el.outerHTML.slice(0, 120));
+  }
+  return out;
+}"""
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -66,6 +80,9 @@ class Console:
         self.page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True).click()
 
     def shot(self, name: str):
+        """Save a screenshot, after checking every control on the page has an accessible name."""
+        unnamed = self.page.evaluate(UNNAMED_CONTROLS)
+        assert not unnamed, f"controls without a label or accessible name on {self.page.url}: {unnamed}"
         SHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SHOTS / f"{self.name}-{name}.png"), full_page=True)
 
@@ -460,3 +477,12 @@ def test_key_lifecycle_import_pem_delete_recover_purge_and_data_pages(coffer, ow
     expect(page.get_by_role("status")).to_have_text("Role assignments updated.")
     expect(page.get_by_role("table", name="Role assignments").locator("tbody tr", has_text="Reader").filter(has_text=account)).to_have_count(0)
     c.all_local()
+
+
+def test_console_is_not_served_on_vault_hosts(coffer):
+    host = f"anyvault.{coffer.endpoints['vault_dns_suffix']}"
+    with coffer.http() as s:
+        r = s.get(coffer.management + "/console/signin", headers={"Host": host}, timeout=30)
+        assert r.status_code != 200 and "Sign in" not in r.text
+        r = s.get(coffer.management + "/console/signin", timeout=30)
+        assert r.status_code == 200 and "Sign in" in r.text

@@ -264,7 +264,7 @@ fn chart(s: &Series, start: i64) -> Markup {
     html! {
         figure {
             figcaption { (s.title) }
-            svg role="img" aria-label=(s.title) viewBox={"0 0 " (w) " " (h + 20.0)} width="600" height="180" xmlns="http://www.w3.org/2000/svg" {
+            svg role="img" aria-label=(s.title) viewBox={"0 0 " (w) " " (h + 20.0)} width="100%" xmlns="http://www.w3.org/2000/svg" {
                 title { (s.title) }
                 line x1=(pad) y1=(h) x2=(w) y2=(h) stroke="#888" {}
                 text x="0" y="12" font-size="10" fill="#444" { (format!("{max:.0}")) " " (s.unit) }
@@ -275,7 +275,7 @@ fn chart(s: &Series, start: i64) -> Markup {
                     }
                 }
                 text x=(pad) y=(h + 15.0) font-size="10" fill="#444" { (rfc3339(start)) }
-                text x=(w - 120.0) y=(h + 15.0) font-size="10" fill="#444" { "now" }
+                text x=(w) y=(h + 15.0) font-size="10" fill="#444" text-anchor="end" { "now" }
             }
         }
     }

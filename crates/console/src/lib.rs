@@ -253,7 +253,24 @@ fn harden(mut r: Response) -> Response {
     r
 }
 
-async fn hardened(req: Request, next: axum::middleware::Next) -> Response {
+/// The console lives on the bare origin only: `/console` on a vault host is that vault's path.
+async fn hardened(
+    State(c): State<Arc<Console>>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if c.state.endpoints.vault_name_of_host(host).is_some() {
+        // Nesting stripped `/console`: the vault sees the path as sent.
+        if let Some(orig) = req.extensions().get::<axum::extract::OriginalUri>() {
+            *req.uri_mut() = orig.0.clone();
+        }
+        return coffer_api::main_dispatch(State(c.state.clone()), req).await;
+    }
     harden(next.run(req).await)
 }
 
@@ -285,7 +302,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/container/download", get(storage::download))
         .route("/container/delete", post(storage::blob_delete))
         .route("/iam", get(iam::page).post(iam::action))
-        .layer(axum::middleware::from_fn(hardened))
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            hardened,
+        ))
         .with_state(console)
 }
 
