@@ -642,12 +642,22 @@ async fn encryption_page(
     let can_write = c.can(sess, WRITE, false, id).await;
     let cmk = encryption_type(&a) == "Customer-managed keys";
     let ua = s(&a, "/properties/encryption/identity/userAssignedIdentity");
+    let kvp = "/properties/encryption/keyvaultproperties";
+    let current_vault = s(&a, &format!("{kvp}/keyvaulturi"))
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let is_current = |v: &Value| {
+        cmk && s(v, "/properties/vaultUri")
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(&current_vault)
+    };
     let body = html! {
         @if let Some(e) = err { (alert(e)) }
         @if let Some(m) = ok { (notice(m)) }
         p { a href={"/console/account?id=" (enc(id))} { "Back to storage account " (s(&a, "/name")) } }
         (encryption_summary(&a))
-        form #encryption-form method="post" action="/console/account/encryption" {
+        form #encryption-form method="post" action="/console/account/encryption"
+            data-key=(s(&a, &format!("{kvp}/keyname"))) data-version=(s(&a, &format!("{kvp}/keyversion"))) {
             (csrf(sess))
             input type="hidden" name="id" value=(id);
             fieldset {
@@ -663,7 +673,7 @@ async fn encryption_page(
                     label for="kv-select" { "Key vault" }
                     select #kv-select name="vault" {
                         option value="" { "Select a key vault" }
-                        @for v in &vaults { option value=(s(v, "/id")) { (s(v, "/name")) " (" (s(v, "/location")) ")" } }
+                        @for v in &vaults { option value=(s(v, "/id")) selected[is_current(v)] { (s(v, "/name")) " (" (s(v, "/location")) ")" } }
                     }
                     label for="key-select" { "Key" }
                     select #key-select name="key" { option value="" { "Select a key" } }

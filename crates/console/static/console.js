@@ -26,7 +26,7 @@ function encryptionPage() {
       x.value = v; x.textContent = v; select.appendChild(x);
     }
   }
-  kv.addEventListener("change", async () => {
+  async function loadKeys() {
     fill(key, "Loading keys…", []);
     fill(version, "Automatic updates (latest version)", []);
     keys = [];
@@ -35,12 +35,21 @@ function encryptionPage() {
       if (r.ok) { keys = (await r.json()).keys || []; }
     }
     fill(key, keys.length ? "Select a key" : "No keys you can read", keys.map(k => k.name));
-    form.dataset.keysLoaded = "true";
-  });
-  key.addEventListener("change", () => {
+  }
+  function loadVersions() {
     const k = keys.find(x => x.name === key.value);
     fill(version, "Automatic updates (latest version)", k ? k.versions : []);
-  });
+  }
+  kv.addEventListener("change", loadKeys);
+  key.addEventListener("change", loadVersions);
+  // The key in use, preselected.
+  if (kv.value) {
+    loadKeys().then(() => {
+      key.value = form.dataset.key || "";
+      loadVersions();
+      version.value = form.dataset.version || "";
+    });
+  }
   form.addEventListener("change", sync);
   sync();
 }
