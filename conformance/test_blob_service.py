@@ -100,3 +100,23 @@ def test_service_properties_are_stored_and_merged(coffer, account):
         resp = svc._client._client.send_request(req)  # pylint: disable=protected-access
         assert resp.status_code == 400, body
         assert resp.headers["x-ms-error-code"] == "InvalidXmlDocument"
+
+
+def test_checksums_of_large_bodies(coffer, account):
+    """Bodies of 1 MiB and more are hashed on a thread beside the encryption: the same answers."""
+    cc = _client(coffer, account).create_container(unique("big-").lower())
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    good = base64.b64encode(crc64(data)).decode()
+    resp = raw_put(cc.get_blob_client("ok"), data, **{"Content-MD5": md5, "x-ms-content-crc64": good})
+    assert resp.status_code == 201, resp.text()
+    assert resp.headers["Content-MD5"] == md5 and resp.headers["x-ms-content-crc64"] == good
+    props = cc.get_blob_client("ok").get_blob_properties()
+    assert bytes(props.content_settings.content_md5) == hashlib.md5(data).digest()
+    assert cc.get_blob_client("ok").download_blob().readall() == data
+    bad_md5 = base64.b64encode(hashlib.md5(data[:-1]).digest()).decode()
+    resp = raw_put(cc.get_blob_client("bad"), data, **{"Content-MD5": bad_md5})
+    assert resp.status_code == 400 and resp.headers["x-ms-error-code"] == "Md5Mismatch"
+    resp = raw_put(cc.get_blob_client("bad"), data, **{"x-ms-content-crc64": base64.b64encode(crc64(data[1:])).decode()})
+    assert resp.status_code == 400 and resp.headers["x-ms-error-code"] == "Crc64Mismatch"
+    assert [b.name for b in cc.list_blobs()] == ["ok"]
