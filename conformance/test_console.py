@@ -112,8 +112,9 @@ def new_user(coffer: Coffer, role: str | None) -> tuple[str, str]:
 
 @pytest.fixture
 def owner(coffer, browser):
-    username, _ = new_user(coffer, "Owner")
+    username, oid = new_user(coffer, "Owner")
     c = Console(coffer, browser, "owner")
+    c.oid = oid
     c.sign_in(username, PASSWORD)
     expect(c.page.get_by_role("heading", name="Overview")).to_be_visible()
     yield c
@@ -239,6 +240,60 @@ def test_portal_flow_customer_managed_key(coffer, owner):
 
     c.nav("Overview")
     expect(page.get_by_role("table", name="Storage account encryption")).to_contain_text(account)
+    c.all_local()
+
+    # Every change was made as the signed-in user, through the APIs, and audited as such.
+    recs = coffer.arm("GET", f"/coffer/admin/audit?caller={c.oid}&top=1000").json()["value"]
+    ops = {r["operationName"] for r in recs if r["resultType"] == "Success"}
+    assert {"KeyCreate", "KeyUpdate"} <= ops, ops
+    assert any(r["resourceId"].lower().endswith(f"/storageaccounts/{account}") for r in recs)
+
+
+def test_user_assigned_identity_and_keys_nearing_expiry(coffer, owner):
+    import datetime
+
+    c = owner
+    page = c.page
+    rg = unique("rg-console-")
+    vault = create_vault(c, rg, "eastus")
+    # A key that expires in ten days shows on the Overview.
+    name = unique("soon-")
+    soon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M")
+    page.get_by_label("Name", exact=True).first.fill(name)
+    page.get_by_label("Expiration date").fill(soon)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("heading", name=f"Key {name}")).to_be_visible()
+    c.nav("Overview")
+    expect(page.get_by_role("table", name="Keys nearing expiry")).to_contain_text(name)
+    c.shot("overview-expiring")
+
+    # A user-assigned identity, granted on the vault, chosen at creation and on the Encryption page.
+    ident = coffer.create_identity(rg)
+    vault_id = f"/subscriptions/{coffer.subscription_id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}"
+    coffer.assign_role(vault_id, "Key Vault Crypto Service Encryption User", ident.principal_id)
+    page.goto(f"{c.origin}/console/vault?id={quote(vault_id, safe='')}")
+    key = generate_key(c)
+    account = unique("sa", 14).replace("-", "").lower()[:20]
+    c.nav("Storage accounts")
+    page.get_by_label("Storage account name").fill(account)
+    page.get_by_label("Resource group").fill(rg)
+    page.get_by_label("System-assigned managed identity").uncheck()
+    page.get_by_label("User-assigned managed identity").select_option(label=ident.name)
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_role("heading", name=f"Storage account {account}")).to_be_visible()
+    page.get_by_role("link", name="Encryption").click()
+    page.get_by_label("Customer-managed keys").check()
+    page.get_by_label("Key vault", exact=True).select_option(label=f"{vault} (eastus)")
+    expect(page.get_by_label("Key", exact=True).locator(f'option[value="{key}"]')).to_have_count(1)
+    page.get_by_label("Key", exact=True).select_option(key)
+    page.get_by_label("User-assigned", exact=True).check()
+    page.get_by_label("User-assigned identity").select_option(label=ident.name)
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_have_text("Encryption settings saved.")
+    expect(page.locator("#cmk-status")).to_have_text("Healthy")
+    got = coffer.mgmt_clients().storage.storage_accounts.get_properties(rg, account)
+    assert got.encryption.key_source == "Microsoft.Keyvault"
+    assert got.encryption.encryption_identity.encryption_user_assigned_identity.lower() == ident.id.lower()
     c.all_local()
 
 
