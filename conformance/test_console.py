@@ -541,3 +541,36 @@ def test_console_is_not_served_on_vault_hosts(coffer):
         assert r.status_code != 200 and "Sign in" not in r.text
         r = s.get(coffer.management + "/console/signin", timeout=30)
         assert r.status_code == 200 and "Sign in" in r.text
+
+
+def test_blob_content_never_runs_as_a_page_of_the_console_host(coffer, browser, rg):
+    """The blob listener shares the console's host (another port; cookies ignore ports): a
+    stored HTML blob opened in a browser must not run script there (sandboxed, no sniffing)."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.mgmt.storage import models as sm
+    from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
+    from test_blob_basic import _account_name, _client, _storage
+
+    name = _account_name()
+    st = _storage(coffer)
+    st.storage_accounts.begin_create(rg, name, sm.StorageAccountCreateParameters(
+        sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+    acct = {"name": name, "key": st.storage_accounts.list_keys(rg, name)["keys"][0].value}
+    cc = _client(coffer, acct).create_container("web")
+    html = b"<html><head><title>before</title></head><body><script>document.title='ran';document.cookie='__Host-coffer-signin=x; Path=/; Secure'</script></body></html>"
+    cc.upload_blob("evil.html", html, content_settings=ContentSettings(content_type="text/html"))
+    sas = generate_blob_sas(acct["name"], "web", "evil.html", account_key=acct["key"],
+                            permission=BlobSasPermissions(read=True),
+                            expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    url = f"{coffer.endpoints['blob']}/{acct['name']}/web/evil.html?{sas}"
+    ctx = browser.new_context(ignore_https_errors=True)
+    try:
+        page = ctx.new_page()
+        r = page.goto(url)
+        assert r.status == 200
+        assert "sandbox" in r.headers["content-security-policy"] and r.headers["x-content-type-options"] == "nosniff"
+        assert page.title() == "before"
+        assert not [k for k in ctx.cookies() if k["name"].startswith("__Host-coffer")]
+    finally:
+        ctx.close()

@@ -255,8 +255,19 @@ pub(crate) fn named(mut resp: Response, op: impl Into<String>) -> Response {
 pub async fn blob_dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let start = std::time::Instant::now();
     let metrics = state.metrics.clone();
-    let resp = blob::handle(state, req).await;
+    let mut resp = blob::handle(state, req).await;
     record(&metrics, "blob", &resp, start);
+    // Blob content is the users' data, served from the console's host (another port): a
+    // browser must never run it as a page of this site (no script, no cookies, no sniffing).
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 

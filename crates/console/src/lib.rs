@@ -52,6 +52,11 @@ const FREE_FAILURES: u32 = 5;
 const FREE_FAILURES_ADDR: u32 = 50;
 const LOCKOUT_BASE: Duration = Duration::from_secs(30);
 const LOCKOUT_MAX: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten after this long without one (so the lockout keeps growing for a
+/// patient attacker instead of starting over every `LOCKOUT_MAX`).
+const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+/// Sessions one user may hold at once (the oldest is closed when a new one opens).
+const SESSIONS_PER_USER: usize = 16;
 
 pub struct Console {
     pub(crate) state: Arc<AppState>,
@@ -75,39 +80,84 @@ impl Session {
     }
 }
 
-/// Sign-in failures by key (a user name or a client address): after `FREE_FAILURES`, each
-/// further failure doubles the lockout, up to `LOCKOUT_MAX`.
+/// Sign-in attempts by key (a user name or a client address). An attempt counts as a failure
+/// from the moment it starts (so a burst of parallel guesses cannot all pass the check before
+/// the first is counted); a success takes it back. After `free` failures each further one
+/// doubles the lockout, up to `LOCKOUT_MAX`.
 #[derive(Default)]
 struct Limiter {
-    failures: HashMap<String, (u32, Instant)>,
+    failures: HashMap<String, Failures>,
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+    /// Whether a refusal during the current lockout was already audited.
+    refusal_audited: bool,
 }
 
 impl Limiter {
     fn locked_for(&self, key: &str, free: u32, now: Instant) -> Option<Duration> {
-        let (n, last) = self.failures.get(key)?;
-        if *n < free {
+        let f = self.failures.get(key)?;
+        if f.count < free || now.duration_since(f.last) >= FAILURE_MEMORY {
             return None;
         }
-        let exp = (*n - free).min(10);
+        let exp = (f.count - free).min(10);
         let lock = (LOCKOUT_BASE * 2u32.pow(exp)).min(LOCKOUT_MAX);
-        let until = *last + lock;
+        let until = f.last + lock;
         (until > now).then(|| until - now)
     }
-    fn fail(&mut self, key: &str, now: Instant) {
+    /// Count an attempt as a failure until it succeeds.
+    fn attempt(&mut self, key: &str, now: Instant) {
         if self.failures.len() > 100_000 {
             self.failures
-                .retain(|_, (_, t)| now.duration_since(*t) < LOCKOUT_MAX);
+                .retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
         }
-        let e = self.failures.entry(key.to_string()).or_insert((0, now));
-        // Failures are forgotten once a whole maximum lockout has passed without one.
-        if now.duration_since(e.1) >= LOCKOUT_MAX {
-            e.0 = 0;
+        let f = self.failures.entry(key.to_string()).or_insert(Failures {
+            count: 0,
+            last: now,
+            refusal_audited: false,
+        });
+        if now.duration_since(f.last) >= FAILURE_MEMORY {
+            f.count = 0;
         }
-        e.0 = e.0.saturating_add(1);
-        e.1 = now;
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        f.refusal_audited = false;
     }
-    fn succeed(&mut self, key: &str) {
-        self.failures.remove(key);
+    /// The attempt succeeded: a user name starts over; an address only gets this attempt back
+    /// (one valid account must not reset the limit of a whole address).
+    fn succeeded(&mut self, key: &str, forget: bool) {
+        if forget {
+            self.failures.remove(key);
+        } else if let Some(f) = self.failures.get_mut(key) {
+            f.count = f.count.saturating_sub(1);
+        }
+    }
+    /// Whether a refusal while `key` is locked should be audited (the first of each lockout:
+    /// refusals cost no Argon2 work, so auditing each would let anyone flood the log).
+    fn audit_refusal(&mut self, key: &str) -> bool {
+        match self.failures.get_mut(key) {
+            Some(f) if !f.refusal_audited => {
+                f.refusal_audited = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The address a client's failures are counted under: IPv6 by /64 (one host usually has a
+/// whole /64 to rotate through).
+fn address_key(ip: Option<std::net::IpAddr>) -> String {
+    match ip {
+        Some(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(std::net::IpAddr::V6(v6)) => format!("ip:{}", v6.to_canonical()),
+        Some(ip) => format!("ip:{ip}"),
+        None => "ip:unknown".into(),
     }
 }
 
@@ -134,6 +184,11 @@ fn ct_eq(a: &str, b: &str) -> bool {
 
 fn random_token() -> String {
     coffer_crypto::random::token().unwrap_or_default()
+}
+
+/// Compare a presented token with the expected one; an empty token never matches.
+fn token_ok(presented: &str, expected: &str) -> bool {
+    !expected.is_empty() && ct_eq(presented, expected)
 }
 
 pub(crate) type FormData = HashMap<String, String>;
@@ -168,12 +223,24 @@ impl Console {
         // The session keeps who signed in, never their verifiers.
         principal.password_verifier = None;
         principal.secret_verifier = None;
-        let id = random_token();
-        if id.is_empty() {
+        let (id, csrf) = (random_token(), random_token());
+        if id.is_empty() || csrf.is_empty() {
             return None;
         }
         let now = Instant::now();
         let mut m = self.sessions.lock().ok()?;
+        // One user cannot take every slot: past the per-user cap, their oldest session closes.
+        let mut mine: Vec<([u8; 32], Instant)> = m
+            .iter()
+            .filter(|(_, s)| s.principal.object_id == principal.object_id)
+            .map(|(k, s)| (*k, s.created))
+            .collect();
+        if mine.len() >= SESSIONS_PER_USER {
+            mine.sort_by_key(|(_, t)| *t);
+            for (k, _) in &mine[..=mine.len() - SESSIONS_PER_USER] {
+                m.remove(k);
+            }
+        }
         if m.len() >= MAX_SESSIONS {
             m.retain(|_, s| {
                 now.duration_since(s.last) <= SESSION_IDLE
@@ -188,7 +255,7 @@ impl Console {
             Session {
                 principal,
                 username,
-                csrf: random_token(),
+                csrf,
                 created: now,
                 last: now,
             },
@@ -227,10 +294,19 @@ impl Console {
     pub(crate) fn check_post(&self, h: &HeaderMap, s: &Session, token: Option<&str>) -> bool {
         let origin_ok = match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
             None => true,
-            Some(o) => o.eq_ignore_ascii_case(&self.state.endpoints.origin),
+            Some(o) => self.is_own_origin(o),
         };
         let token = token.or_else(|| h.get("x-csrf-token").and_then(|v| v.to_str().ok()));
-        origin_ok && token.is_some_and(|t| ct_eq(t, &s.csrf))
+        origin_ok && token.is_some_and(|t| token_ok(t, &s.csrf))
+    }
+
+    /// Whether a browser's `Origin` names the console (browsers drop the default port).
+    fn is_own_origin(&self, o: &str) -> bool {
+        let ours = self.state.endpoints.origin.as_str();
+        o.eq_ignore_ascii_case(ours)
+            || ours
+                .strip_suffix(":443")
+                .is_some_and(|bare| o.eq_ignore_ascii_case(bare))
     }
 }
 
@@ -489,12 +565,17 @@ async fn signin(
     peer: Option<axum::Extension<coffer_api::PeerAddr>>,
     Form(f): Form<FormData>,
 ) -> Response {
-    // Login CSRF: the form's token must match the cookie set with the form.
+    // Login CSRF: the form's token must match the cookie set with the form, and the browser
+    // must say the form is ours (a page on another port of this host can set cookies for it).
     let pre_ok = match (cookie(&h, PRESESSION_COOKIE), f.get("csrf")) {
-        (Some(a), Some(b)) => !a.is_empty() && ct_eq(a, b),
+        (Some(a), Some(b)) => token_ok(b, a),
         _ => false,
     };
-    if !pre_ok {
+    let origin_ok = h
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| c.is_own_origin(o));
+    if !pre_ok || !origin_ok {
         return forbidden(
             "The sign-in form expired or was not sent by this page (CSRF). Reload it and sign in again.",
         );
@@ -504,18 +585,36 @@ async fn signin(
         .map(|u| u.trim().chars().take(64).collect())
         .unwrap_or_default();
     let password = SecretString::new(f.get("password").cloned().unwrap_or_default());
-    let ip = peer.map(|p| p.0.0.ip().to_string()).unwrap_or_default();
+    let addr = peer.map(|p| p.0.0.ip());
+    let ip = addr.map(|a| a.to_string()).unwrap_or_default();
     let (ukey, ikey) = (
         format!("user:{}", username.to_ascii_lowercase()),
-        format!("ip:{ip}"),
+        address_key(addr),
     );
     let now = Instant::now();
-    let locked = c.limiter.lock().ok().and_then(|l| {
-        l.locked_for(&ukey, FREE_FAILURES, now)
-            .max(l.locked_for(&ikey, FREE_FAILURES_ADDR, now))
-    });
-    if let Some(wait) = locked {
-        audit_signin(&c, &username, &ip, None, 429).await;
+    // Check and count the attempt under one lock, before the password is verified.
+    let locked = match c.limiter.lock() {
+        Ok(mut l) => {
+            let wait = l.locked_for(&ukey, FREE_FAILURES, now).max(l.locked_for(
+                &ikey,
+                FREE_FAILURES_ADDR,
+                now,
+            ));
+            match wait {
+                Some(w) => Some((w, l.audit_refusal(&ukey) || l.audit_refusal(&ikey))),
+                None => {
+                    l.attempt(&ukey, now);
+                    l.attempt(&ikey, now);
+                    None
+                }
+            }
+        }
+        Err(_) => Some((LOCKOUT_BASE, false)),
+    };
+    if let Some((wait, audit)) = locked {
+        if audit {
+            audit_signin(&c, &username, &ip, None, 429).await;
+        }
         let mut r = signin_page(
             StatusCode::TOO_MANY_REQUESTS,
             &random_token(),
@@ -537,10 +636,6 @@ async fn signin(
         .ok()
         .flatten();
     let Some(p) = verified else {
-        if let Ok(mut l) = c.limiter.lock() {
-            l.fail(&ukey, now);
-            l.fail(&ikey, now);
-        }
         audit_signin(&c, &username, &ip, None, 401).await;
         return signin_page(
             StatusCode::UNAUTHORIZED,
@@ -548,10 +643,9 @@ async fn signin(
             Some("The user name or password is incorrect."),
         );
     };
-    // A success clears the user name's count, not the address's (an attacker with one valid
-    // account must not be able to reset the address limit).
     if let Ok(mut l) = c.limiter.lock() {
-        l.succeed(&ukey);
+        l.succeeded(&ukey, true);
+        l.succeeded(&ikey, false);
     }
     if !audit_signin(&c, &username, &ip, Some(&p), 302).await {
         return html_response(
@@ -667,17 +761,41 @@ mod tests {
         let f = FREE_FAILURES;
         for _ in 0..f {
             assert!(l.locked_for("u", f, t).is_none());
-            l.fail("u", t);
+            l.attempt("u", t);
         }
         assert_eq!(l.locked_for("u", f, t), Some(LOCKOUT_BASE));
-        l.fail("u", t);
+        assert!(l.audit_refusal("u") && !l.audit_refusal("u"));
+        l.attempt("u", t);
         assert_eq!(l.locked_for("u", f, t), Some(LOCKOUT_BASE * 2));
         assert!(l.locked_for("u", f, t + LOCKOUT_MAX).is_none());
-        // After a quiet maximum lockout the count starts again.
-        l.fail("u", t + LOCKOUT_MAX);
-        assert!(l.locked_for("u", f, t + LOCKOUT_MAX).is_none());
-        l.succeed("u");
-        assert!(l.locked_for("u", f, t).is_none());
+        // The count is kept a day: the next failure after a lockout locks for longer.
+        let later = t + LOCKOUT_MAX;
+        l.attempt("u", later);
+        assert_eq!(l.locked_for("u", f, later), Some(LOCKOUT_BASE * 4));
+        // After a quiet day it starts again.
+        let day = later + FAILURE_MEMORY;
+        l.attempt("u", day);
+        assert!(l.locked_for("u", f, day).is_none());
+        // A success forgets a user name, and gives an address back only its attempt.
+        l.succeeded("u", true);
+        assert!(l.locked_for("u", f, day).is_none());
+        for _ in 0..3 {
+            l.attempt("a", t);
+        }
+        l.succeeded("a", false);
+        assert_eq!(l.failures.get("a").map(|x| x.count), Some(2));
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_host_or_v6_prefix() {
+        use std::net::IpAddr;
+        let v6: IpAddr = "2001:db8:1:2:3:4:5:6"
+            .parse()
+            .unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(address_key(Some(v6)), "ip:2001:db8:1:2::/64");
+        let v4: IpAddr = "10.1.2.3".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(address_key(Some(v4)), "ip:10.1.2.3");
+        assert!(!token_ok("", "") && token_ok("abc", "abc"));
     }
 
     #[test]

@@ -421,14 +421,24 @@ impl IdentityService {
     ) -> Result<Option<Principal>> {
         let p = self.store.find_principal_by_username(username).await?;
         let verifier = p.as_ref().and_then(|p| p.password_verifier.clone());
+        // Argon2 (19 MiB, about 50 ms) runs on the blocking pool, two at a time: sign-ins
+        // neither stall the async workers that serve every other request nor add up memory.
+        static ARGON2: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _permit = ARGON2
+            .acquire()
+            .await
+            .map_err(|_| DomainError::Internal("password verification is closed".into()))?;
+        let pw = pw.clone();
         // An unknown user costs the same Argon2 work as a known one (no timing oracle).
-        let ok = match &verifier {
+        let ok = tokio::task::spawn_blocking(move || match &verifier {
             Some(v) => password::verify_password(pw.expose(), v),
             None => {
                 let _ = password::verify_password(pw.expose(), password::DUMMY_VERIFIER);
                 false
             }
-        };
+        })
+        .await
+        .map_err(|_| DomainError::Internal("password verification failed".into()))?;
         Ok(p.filter(|_| ok))
     }
 }
