@@ -246,6 +246,7 @@ def test_portal_flow_customer_managed_key(coffer, owner):
     recs = coffer.arm("GET", f"/coffer/admin/audit?caller={c.oid}&top=1000").json()["value"]
     ops = {r["operationName"] for r in recs if r["resultType"] == "Success"}
     assert {"KeyCreate", "KeyUpdate"} <= ops, ops
+    assert all(r["callerIpAddress"] == "127.0.0.1" for r in recs if r["operationName"] == "KeyUpdate")
     assert any(r["resourceId"].lower().endswith(f"/storageaccounts/{account}") for r in recs)
 
 
@@ -574,3 +575,22 @@ def test_blob_content_never_runs_as_a_page_of_the_console_host(coffer, browser, 
         assert not [k for k in ctx.cookies() if k["name"].startswith("__Host-coffer")]
     finally:
         ctx.close()
+
+
+def test_long_lists_are_followed_past_the_first_page(coffer, owner):
+    c = owner
+    page = c.page
+    rg = unique("rg-console-")
+    vault = create_vault(c, rg, "eastus")
+    vault_id = f"/subscriptions/{coffer.subscription_id}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}"
+    sp = coffer.new_sp()
+    coffer.assign_role(vault_id, "Key Vault Crypto Officer", sp.object_id)
+    kv = coffer.key_client(f"https://{vault}.{coffer.endpoints['vault_dns_suffix']}/",
+                           coffer.credential(sp.client_id, sp.client_secret))
+    names = [f"k{i:02d}" for i in range(30)]  # Key Vault pages hold 25
+    for n in names:
+        kv.create_ec_key(n)
+    page.reload()
+    rows = page.get_by_role("table", name="Keys").locator("tbody tr")
+    expect(rows).to_have_count(30)
+    expect(page.get_by_role("table", name="Keys")).to_contain_text("k29")

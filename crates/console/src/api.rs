@@ -24,6 +24,21 @@ const MGMT_RESOURCE: &str = "https://management.core.windows.net/";
 /// Largest JSON or XML answer the console reads from a handler.
 const BODY_LIMIT: usize = 16 << 20;
 
+/// Pages a list follows at most (bounded work per console page).
+pub const MAX_PAGES: usize = 40;
+
+/// The path and query of an absolute `nextLink`.
+pub fn path_of(link: &str) -> String {
+    let rest = link
+        .strip_prefix("https://")
+        .or_else(|| link.strip_prefix("http://"))
+        .unwrap_or(link);
+    match rest.find('/') {
+        Some(i) => rest[i..].to_string(),
+        None => "/".into(),
+    }
+}
+
 /// A handler's answer: its status and its JSON body (`Null` when empty or not JSON).
 pub struct ApiResp {
     pub status: StatusCode,
@@ -84,9 +99,34 @@ pub fn enc_blob_path(name: &str) -> String {
 }
 
 impl Console {
+    /// A token for the user and `resource`, reused while it has more than five minutes left
+    /// (a fresh token per call would also churn the identity service's verified-token cache).
     fn bearer(&self, s: &Session, resource: &str) -> Option<HeaderValue> {
-        let t = self.state.identity.issue(&s.principal, resource).ok()?;
-        HeaderValue::from_str(&format!("Bearer {}", t.access_token.expose())).ok()
+        let now = self.state.clock.now();
+        let key = (s.oid().to_string(), resource.to_string());
+        let cached = self.tokens.lock().ok().and_then(|m| {
+            m.get(&key)
+                .filter(|(_, exp)| exp - now > 300)
+                .map(|(t, _)| t.clone())
+        });
+        let token = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.state.identity.issue(&s.principal, resource).ok()?;
+                let v =
+                    HeaderValue::from_str(&format!("Bearer {}", t.access_token.expose())).ok()?;
+                if let Ok(mut m) = self.tokens.lock() {
+                    if m.len() > 10_000 {
+                        m.retain(|_, (_, exp)| *exp > now);
+                    }
+                    m.insert(key, (v.clone(), now + t.expires_in));
+                }
+                v
+            }
+        };
+        let mut token = token;
+        token.set_sensitive(true);
+        Some(token)
     }
 
     fn request(
@@ -112,6 +152,9 @@ impl Console {
             }
             None => Body::empty(),
         };
+        if let Some(p) = crate::peer() {
+            b = b.extension(p);
+        }
         b.body(body).ok()
     }
 
@@ -173,13 +216,40 @@ impl Console {
         else {
             return failed("the vault is not served by this Coffer");
         };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let path = format!("{path}{sep}api-version={API_KV_DATA}");
+        let path = if path.contains("api-version=") {
+            path.to_string()
+        } else {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{sep}api-version={API_KV_DATA}")
+        };
         let resource = self.state.endpoints.vault_resource();
         let Some(req) = self.request(method, &host, &path, self.bearer(s, &resource), body) else {
             return failed("the request could not be built");
         };
         Self::json(coffer_api::vault::handle(self.state.clone(), name, req).await).await
+    }
+
+    /// Every item of a Key Vault list, following `nextLink` (at most `MAX_PAGES` pages).
+    pub(crate) async fn vault_all(
+        &self,
+        s: &Session,
+        vault_uri: &str,
+        path: &str,
+    ) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        let mut next = path.to_string();
+        for _ in 0..MAX_PAGES {
+            let r = self.vault(s, vault_uri, Method::GET, &next, None).await;
+            if !r.ok() {
+                return Err(r.error());
+            }
+            out.extend(r.items());
+            match r.body.get("nextLink").and_then(Value::as_str) {
+                Some(link) if !link.is_empty() => next = path_of(link),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The first account key, by the user's own `listKeys` (RBAC-checked and audited).
@@ -248,6 +318,9 @@ impl Console {
             )
             .body(body)
             .map_err(|e| format!("the request could not be built: {e}"))?;
+        if let Some(p) = crate::peer() {
+            req.extensions_mut().insert(p);
+        }
         for (k, v) in extra {
             let v = HeaderValue::from_str(v).map_err(|_| format!("bad header {k}"))?;
             let k = http::HeaderName::from_bytes(k.as_bytes())

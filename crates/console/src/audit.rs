@@ -7,28 +7,67 @@ use http::{HeaderMap, Method};
 use maud::{Markup, html};
 use serde_json::Value;
 
-use crate::api::{API_KEYVAULT, API_STORAGE, ApiResp};
+use crate::api::{API_KEYVAULT, API_STORAGE, MAX_PAGES, path_of};
 use crate::vaults::list_kind;
 use crate::{
     Console, FormData, Q, Session, alert, enc, notice, page, posted, q, rfc3339, s, signed_in,
 };
 
-/// Audit records through the management API (administrators only), oldest first.
-async fn records(c: &Console, sess: &Session, filter: &[(&str, String)]) -> ApiResp {
+/// Every audit record matching `filter`, oldest first, through the management API
+/// (administrators only), following `nextLink` for at most `MAX_PAGES` pages of 1,000.
+async fn for_each_record(
+    c: &Console,
+    sess: &Session,
+    filter: &[(&str, String)],
+    mut f: impl FnMut(Value),
+) -> Result<(), String> {
     let mut pairs: Vec<(&str, String)> = filter
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .cloned()
         .collect();
+    pairs.push(("top", "1000".into()));
     pairs.push(("api-version", "2024-01-01".into()));
-    let qs = serde_urlencoded::to_string(&pairs).unwrap_or_default();
-    c.arm(
-        sess,
-        Method::GET,
-        &format!("/coffer/admin/audit?{qs}"),
-        None,
-    )
-    .await
+    let mut path = format!(
+        "/coffer/admin/audit?{}",
+        serde_urlencoded::to_string(&pairs).unwrap_or_default()
+    );
+    for _ in 0..MAX_PAGES {
+        let r = c.arm(sess, Method::GET, &path, None).await;
+        if !r.ok() {
+            return Err(r.error());
+        }
+        let next = s(&r.body, "/nextLink").to_string();
+        for rec in r.items() {
+            f(rec);
+        }
+        if next.is_empty() {
+            break;
+        }
+        path = path_of(&next);
+    }
+    Ok(())
+}
+
+/// The newest `keep` records matching `filter`, newest first.
+async fn newest(
+    c: &Console,
+    sess: &Session,
+    filter: &[(&str, String)],
+    keep: usize,
+    pick: impl Fn(&Value) -> bool,
+) -> Result<Vec<Value>, String> {
+    let mut last = std::collections::VecDeque::with_capacity(keep + 1);
+    for_each_record(c, sess, filter, |r| {
+        if pick(&r) {
+            last.push_back(r);
+            if last.len() > keep {
+                last.pop_front();
+            }
+        }
+    })
+    .await?;
+    Ok(last.into_iter().rev().collect())
 }
 
 fn time_of(r: &Value) -> i64 {
@@ -91,11 +130,7 @@ pub async fn overview(State(c): State<Arc<Console>>, h: HeaderMap) -> Response {
     let mut expiring = Vec::new();
     for v in &vaults {
         let uri = s(v, "/properties/vaultUri");
-        for k in c
-            .vault(&sess, uri, Method::GET, "/keys", None)
-            .await
-            .items()
-        {
+        for k in c.vault_all(&sess, uri, "/keys").await.unwrap_or_default() {
             if let Some(exp) = k.pointer("/attributes/exp").and_then(Value::as_i64)
                 && exp <= horizon
             {
@@ -103,18 +138,17 @@ pub async fn overview(State(c): State<Arc<Console>>, h: HeaderMap) -> Response {
             }
         }
     }
-    let denials = records(
+    let denials = newest(
         &c,
         &sess,
         &[
             ("result", "Failure".into()),
             ("from", (now - 86_400).to_string()),
-            ("top", "5000".into()),
         ],
+        10,
+        is_denial,
     )
     .await;
-    let mut recent: Vec<Value> = denials.items().into_iter().filter(is_denial).collect();
-    let recent: Vec<Value> = recent.split_off(recent.len().saturating_sub(10));
     let body = html! {
         h2 { "Storage accounts" }
         table aria-label="Storage account encryption" {
@@ -142,8 +176,8 @@ pub async fn overview(State(c): State<Arc<Console>>, h: HeaderMap) -> Response {
             }
         }
         h2 { "Recent denials" }
-        @if denials.ok() {
-            (records_table("Recent denials", &recent))
+        @if let Ok(recent) = &denials {
+            (records_table("Recent denials", recent))
         } @else {
             p { "Only administrators can read the audit log." }
         }
@@ -183,12 +217,8 @@ async fn render(
         ("operation", q(qs, "operation").to_string()),
         ("caller", q(qs, "caller").to_string()),
         ("result", q(qs, "result").to_string()),
-        ("top", "5000".to_string()),
     ];
-    let r = records(c, sess, &filter).await;
-    let mut recs = r.items();
-    recs.reverse();
-    recs.truncate(500);
+    let r = newest(c, sess, &filter, 500, |_| true).await;
     let body = html! {
         @if let Some(v) = verdict { (v) }
         form.filters method="get" action="/console/audit" {
@@ -209,11 +239,12 @@ async fn render(
             (crate::csrf(sess))
             button type="submit" { "Verify chain" }
         }
-        @if r.ok() {
-            p { "Newest first; at most 500 shown." }
-            (records_table("Audit records", &recs))
-        } @else {
-            (alert(&r.error()))
+        @match &r {
+            Ok(recs) => {
+                p { "Newest first; at most 500 shown." }
+                (records_table("Audit records", recs))
+            }
+            Err(e) => { (alert(e)) }
         }
     };
     page(sess, "audit", "Audit log", body)
@@ -285,17 +316,11 @@ pub async fn monitoring(State(c): State<Arc<Console>>, h: HeaderMap) -> Response
     let sess = signed_in!(c, h);
     let now = c.state.clock.now();
     let start = now - BUCKETS as i64 * BUCKET_SECS;
-    let r = records(
-        &c,
-        &sess,
-        &[("from", start.to_string()), ("top", "10000".into())],
-    )
-    .await;
     let mut ops = vec![0.0; BUCKETS];
     let mut unwraps = vec![0.0; BUCKETS];
     let mut latency = [(0.0, 0.0); BUCKETS];
     let mut denials = vec![0.0; BUCKETS];
-    for rec in r.items() {
+    let r = for_each_record(&c, &sess, &[("from", start.to_string())], |rec| {
         let i = ((time_of(&rec) - start) / BUCKET_SECS).clamp(0, BUCKETS as i64 - 1) as usize;
         let op = s(&rec, "/operationName");
         if op.starts_with("Key") {
@@ -310,7 +335,8 @@ pub async fn monitoring(State(c): State<Arc<Console>>, h: HeaderMap) -> Response
         if is_denial(&rec) {
             denials[i] += 1.0;
         }
-    }
+    })
+    .await;
     let series = [
         Series {
             title: "Vault operations",
@@ -338,10 +364,9 @@ pub async fn monitoring(State(c): State<Arc<Console>>, h: HeaderMap) -> Response
     ];
     let body = html! {
         p { "The last hour in five-minute intervals, from the audit log. Prometheus metrics are at " code { "/metrics" } "." }
-        @if r.ok() {
-            @for s in &series { (chart(s, start)) }
-        } @else {
-            (alert(&r.error()))
+        @match &r {
+            Ok(()) => { @for s in &series { (chart(s, start)) } }
+            Err(e) => { (alert(e)) }
         }
     };
     page(&sess, "monitoring", "Monitoring", body)

@@ -45,7 +45,11 @@ pub(crate) async fn assign(
 
 pub async fn page(State(c): State<Arc<Console>>, h: HeaderMap, qs: Q) -> Response {
     let sess = signed_in!(c, h);
-    render(&c, &sess, q(&qs, "scope"), None, None, StatusCode::OK).await
+    let scope = q(&qs, "scope");
+    if !scope.is_empty() && !crate::valid_id(scope) {
+        return crate::bad_request("Not a scope.");
+    }
+    render(&c, &sess, scope, None, None, StatusCode::OK).await
 }
 
 async fn render(
@@ -225,8 +229,8 @@ pub async fn action(
 ) -> Response {
     let sess = posted!(c, h, f);
     let scope = q(&f, "scope");
-    if !scope.starts_with("/subscriptions/") {
-        return crate::forbidden("Not a scope.");
+    if !crate::valid_id(scope) {
+        return crate::bad_request("Not a scope.");
     }
     let r = match q(&f, "action") {
         "add" => {
@@ -238,8 +242,12 @@ pub async fn action(
         }
         "remove" => {
             let id = q(&f, "assignment");
-            if !id.starts_with('/') {
-                return crate::forbidden("Not a role assignment id.");
+            if !crate::valid_id(id)
+                || !id
+                    .to_ascii_lowercase()
+                    .contains("/providers/microsoft.authorization/roleassignments/")
+            {
+                return crate::bad_request("Not a role assignment id.");
             }
             c.arm(
                 &sess,

@@ -63,6 +63,18 @@ pub struct Console {
     verifier: Arc<dyn ChainVerifier>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     limiter: Mutex<Limiter>,
+    /// Tokens issued to signed-in users, by (object id, resource): (header, expiry).
+    tokens: Mutex<HashMap<(String, String), (HeaderValue, i64)>>,
+}
+
+tokio::task_local! {
+    /// The browser's address while a console request is served (for the audit records of the
+    /// API calls it makes).
+    static PEER: Option<coffer_api::PeerAddr>;
+}
+
+pub(crate) fn peer() -> Option<coffer_api::PeerAddr> {
+    PEER.try_with(|p| *p).ok().flatten()
 }
 
 #[derive(Clone)]
@@ -200,6 +212,7 @@ impl Console {
             verifier,
             sessions: Mutex::new(HashMap::new()),
             limiter: Mutex::new(Limiter::default()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -347,7 +360,9 @@ async fn hardened(
         }
         return coffer_api::main_dispatch(State(c.state.clone()), req).await;
     }
-    harden(next.run(req).await)
+    let peer = req.extensions().get::<coffer_api::PeerAddr>().copied();
+    PEER.scope(peer, async move { harden(next.run(req).await) })
+        .await
 }
 
 pub fn router(console: Arc<Console>) -> Router {
@@ -480,6 +495,27 @@ pub(crate) fn alert(msg: &str) -> Markup {
 
 pub(crate) fn notice(msg: &str) -> Markup {
     html! { div.notice role="status" { (msg) } }
+}
+
+/// A resource id taken from a form or query string: `/subscriptions/…` with no query,
+/// fragment, dot or empty segments, so it names a resource path and nothing else.
+pub(crate) fn valid_id(id: &str) -> bool {
+    id.len() <= 1024
+        && id.starts_with("/subscriptions/")
+        && !id.contains(['?', '#', '%', '\\'])
+        && id[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// A page with `status` (the status an API call answered with).
+pub(crate) fn with_status(mut r: Response, status: StatusCode) -> Response {
+    *r.status_mut() = status;
+    r
+}
+
+pub(crate) fn bad_request(msg: &str) -> Response {
+    with_status(forbidden(msg), StatusCode::BAD_REQUEST)
 }
 
 pub(crate) fn signin_redirect() -> Response {
@@ -796,6 +832,19 @@ mod tests {
         let v4: IpAddr = "10.1.2.3".parse().unwrap_or(IpAddr::from([0u8; 4]));
         assert_eq!(address_key(Some(v4)), "ip:10.1.2.3");
         assert!(!token_ok("", "") && token_ok("abc", "abc"));
+        assert!(valid_id(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.KeyVault/vaults/v"
+        ));
+        for bad in [
+            "/subscriptions/s/../../coffer/admin/users",
+            "/subscriptions/s/x?api-version=1",
+            "/subscriptions/s/x#y",
+            "/subscriptions//x",
+            "/subscriptions/s/%2e%2e/x",
+            "/coffer/admin",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use maud::html;
 use serde_json::{Value, json};
 
-use crate::api::{API_KEYVAULT, API_MSI, API_STORAGE, blob_error, enc_blob_path, enc_segment};
+use crate::api::{
+    API_KEYVAULT, API_MSI, API_STORAGE, MAX_PAGES, blob_error, enc_blob_path, enc_segment,
+};
 use crate::vaults::{
     ensure_group, group_of, list_kind, placement_fields, region_select, subscriptions,
 };
@@ -144,8 +146,8 @@ pub async fn create(
 }
 
 async fn account_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Response> {
-    if !id.starts_with("/subscriptions/") {
-        return Err(crate::forbidden("Not a storage account id."));
+    if !crate::valid_id(id) {
+        return Err(crate::bad_request("Not a storage account id."));
     }
     let r = c
         .arm(
@@ -158,7 +160,10 @@ async fn account_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Resp
     if r.ok() {
         Ok(r.body)
     } else {
-        Err(page(sess, "storage", "Storage account", alert(&r.error())))
+        Err(crate::with_status(
+            page(sess, "storage", "Storage account", alert(&r.error())),
+            r.status,
+        ))
     }
 }
 
@@ -181,29 +186,56 @@ fn encryption_summary(a: &Value) -> maud::Markup {
 
 /// Containers of an account (Blob `List Containers`), or the error that prevented listing.
 async fn containers(c: &Console, sess: &Session, a: &Value) -> Result<Vec<String>, String> {
-    let resp = c
-        .blob(
-            sess,
-            s(a, "/id"),
-            s(a, "/name"),
-            Method::GET,
-            "",
-            &[("comp", "list")],
-            &[],
-            Body::empty(),
-        )
-        .await?;
-    if !resp.status().is_success() {
-        return Err(blob_error(resp).await);
-    }
-    let xml = read_body(resp.into_body(), 16 << 20)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    Ok(elements(&xml, "Container")
+    Ok(list_xml(c, sess, a, "", &[("comp", "list")], "Container")
+        .await?
         .iter()
         .map(|c| field(c, "Name"))
         .collect())
+}
+
+/// The `<tag>` items of a Blob list operation, following `NextMarker` (at most `MAX_PAGES`
+/// pages).
+async fn list_xml(
+    c: &Console,
+    sess: &Session,
+    a: &Value,
+    rest: &str,
+    query: &[(&str, &str)],
+    tag: &str,
+) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut marker = String::new();
+    for _ in 0..MAX_PAGES {
+        let mut q = query.to_vec();
+        if !marker.is_empty() {
+            q.push(("marker", &marker));
+        }
+        let resp = c
+            .blob(
+                sess,
+                s(a, "/id"),
+                s(a, "/name"),
+                Method::GET,
+                rest,
+                &q,
+                &[],
+                Body::empty(),
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(blob_error(resp).await);
+        }
+        let xml = read_body(resp.into_body(), 16 << 20)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        out.extend(elements(&xml, tag).iter().map(|x| x.to_string()));
+        marker = field(&xml, "NextMarker");
+        if marker.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// The inner text of every `<tag>…</tag>`.
@@ -358,7 +390,11 @@ pub async fn container_action(
             )
             .await
         }
-        Ok(r) => show_page(&c, &sess, id, Some(&blob_error(r).await), None).await,
+        Ok(r) => {
+            let status = r.status();
+            let e = blob_error(r).await;
+            crate::with_status(show_page(&c, &sess, id, Some(&e), None).await, status)
+        }
         Err(e) => show_page(&c, &sess, id, Some(&e), None).await,
     }
 }
@@ -380,38 +416,27 @@ async fn container_page(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let listed = c
-        .blob(
-            sess,
-            id,
-            s(&a, "/name"),
-            Method::GET,
-            &format!("/{}", enc_segment(name)),
-            &[("restype", "container"), ("comp", "list")],
-            &[],
-            Body::empty(),
-        )
-        .await;
-    let blobs: Result<Vec<(String, String, String)>, String> = match listed {
-        Ok(r) if r.status().is_success() => {
-            let xml = read_body(r.into_body(), 16 << 20)
-                .await
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            Ok(elements(&xml, "Blob")
-                .iter()
-                .map(|b| {
-                    (
-                        field(b, "Name"),
-                        field(b, "Content-Length"),
-                        field(b, "Last-Modified"),
-                    )
-                })
-                .collect())
-        }
-        Ok(r) => Err(blob_error(r).await),
-        Err(e) => Err(e),
-    };
+    let blobs: Result<Vec<(String, String, String)>, String> = list_xml(
+        c,
+        sess,
+        &a,
+        &format!("/{}", enc_segment(name)),
+        &[("restype", "container"), ("comp", "list")],
+        "Blob",
+    )
+    .await
+    .map(|items| {
+        items
+            .iter()
+            .map(|b| {
+                (
+                    field(b, "Name"),
+                    field(b, "Content-Length"),
+                    field(b, "Last-Modified"),
+                )
+            })
+            .collect()
+    });
     let base = format!("id={}&c={}", enc(id), enc(name));
     let body = html! {
         @if let Some(e) = err { (alert(e)) }
@@ -609,7 +634,14 @@ pub async fn blob_delete(
             )
             .await
         }
-        Ok(r) => container_page(&c, &sess, id, container, Some(&blob_error(r).await), None).await,
+        Ok(r) => {
+            let status = r.status();
+            let e = blob_error(r).await;
+            crate::with_status(
+                container_page(&c, &sess, id, container, Some(&e), None).await,
+                status,
+            )
+        }
         Err(e) => container_page(&c, &sess, id, container, Some(&e), None).await,
     }
 }
@@ -756,7 +788,7 @@ pub async fn encryption_save(
             }
         } else {
             let vault = q(&f, "vault");
-            if vault.is_empty() || q(&f, "key").is_empty() {
+            if !crate::valid_id(vault) || q(&f, "key").is_empty() {
                 return fail(
                     "Select a key vault and a key.".into(),
                     StatusCode::BAD_REQUEST,

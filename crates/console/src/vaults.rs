@@ -224,8 +224,8 @@ pub async fn create(
 
 /// The vault (ARM body) named by `?id=`, or an error page.
 async fn vault_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Response> {
-    if !id.starts_with("/subscriptions/") {
-        return Err(crate::forbidden("Not a key vault id."));
+    if !crate::valid_id(id) {
+        return Err(crate::bad_request("Not a key vault id."));
     }
     let r = c
         .arm(
@@ -238,7 +238,10 @@ async fn vault_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Respon
     if r.ok() {
         Ok(r.body)
     } else {
-        Err(page(sess, "vaults", "Key vault", alert(&r.error())))
+        Err(crate::with_status(
+            page(sess, "vaults", "Key vault", alert(&r.error())),
+            r.status,
+        ))
     }
 }
 
@@ -273,8 +276,11 @@ async fn show_page(
         Err(r) => return r,
     };
     let uri = s(&v, "/properties/vaultUri").to_string();
-    let keys = c.vault(sess, &uri, Method::GET, "/keys", None).await;
-    let deleted = c.vault(sess, &uri, Method::GET, "/deletedkeys", None).await;
+    let keys = c.vault_all(sess, &uri, "/keys").await;
+    let gone = c
+        .vault_all(sess, &uri, "/deletedkeys")
+        .await
+        .unwrap_or_default();
     let can_write = c
         .can(sess, coffer_domain::keyvault::actions::UPDATE, true, id)
         .await;
@@ -288,21 +294,20 @@ async fn show_page(
             dt { "Purge protection" } dd { @if v.pointer("/properties/enablePurgeProtection").and_then(Value::as_bool).unwrap_or(false) { "Enabled" } @else { "Disabled" } }
         }
         h2 { "Keys" }
-        @if !keys.ok() { (alert(&keys.error())) }
+        @if let Err(e) = &keys { (alert(e)) }
         table aria-label="Keys" {
             thead { tr { th { "Name" } th { "Status" } th { "Expiration date" } } }
             tbody {
-                @for k in keys.items() {
-                    @let name = key_name_of(s(&k, "/kid"));
+                @for k in keys.as_deref().unwrap_or_default() {
+                    @let name = key_name_of(s(k, "/kid"));
                     tr {
                         td { a href={"/console/vault/key?id=" (enc(id)) "&name=" (enc(name))} { (name) } }
                         td { @if k.pointer("/attributes/enabled").and_then(Value::as_bool).unwrap_or(false) { "Enabled" } @else { "Disabled" } }
-                        td { (date(&k, "/attributes/exp")) }
+                        td { (date(k, "/attributes/exp")) }
                     }
                 }
             }
         }
-        @let gone = deleted.items();
         @if !gone.is_empty() {
             h2 { "Deleted keys" }
             table aria-label="Deleted keys" {
@@ -499,8 +504,9 @@ async fn key_page(
     let kp = format!("/keys/{}", enc_segment(name));
     let key = c.vault(sess, uri, Method::GET, &kp, None).await;
     let versions = c
-        .vault(sess, uri, Method::GET, &format!("{kp}/versions"), None)
-        .await;
+        .vault_all(sess, uri, &format!("{kp}/versions"))
+        .await
+        .unwrap_or_default();
     let policy = c
         .vault(
             sess,
@@ -533,7 +539,7 @@ async fn key_page(
         .map(|x| days_of(s(x, "/trigger/timeAfterCreate")))
         .unwrap_or_default();
     let expiry_days = days_of(s(&policy.body, "/attributes/expiryTime"));
-    let mut vs = versions.items();
+    let mut vs = versions;
     vs.sort_by_key(|x| {
         std::cmp::Reverse(
             x.pointer("/attributes/created")
@@ -787,22 +793,16 @@ pub async fn api_keys(State(c): State<Arc<Console>>, h: HeaderMap, qs: Q) -> Res
     };
     let uri = s(&v, "/properties/vaultUri");
     let mut out = Vec::new();
-    for k in c
-        .vault(&sess, uri, Method::GET, "/keys", None)
-        .await
-        .items()
-    {
+    for k in c.vault_all(&sess, uri, "/keys").await.unwrap_or_default() {
         let name = key_name_of(s(&k, "/kid")).to_string();
         let versions: Vec<String> = c
-            .vault(
+            .vault_all(
                 &sess,
                 uri,
-                Method::GET,
                 &format!("/keys/{}/versions", enc_segment(&name)),
-                None,
             )
             .await
-            .items()
+            .unwrap_or_default()
             .iter()
             .map(|x| s(x, "/kid").rsplit('/').next().unwrap_or("").to_string())
             .collect();
