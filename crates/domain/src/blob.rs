@@ -408,7 +408,9 @@ impl BlobService {
         validate_container_name(name)?;
         let default_scope = match default_scope {
             Some(s) => {
-                self.mgmt.scope_key(&acct.name, s).await?;
+                self.mgmt
+                    .scope_key(&acct.name, s, &acct.correlation)
+                    .await?;
                 Some(s.to_string())
             }
             None if deny_scope_override => {
@@ -457,7 +459,10 @@ impl BlobService {
         let Some(name) = requested.map(str::to_string).or(default) else {
             return Ok(None);
         };
-        let (key, aek_id) = self.mgmt.scope_key(&acct.name, &name).await?;
+        let (key, aek_id) = self
+            .mgmt
+            .scope_key(&acct.name, &name, &acct.correlation)
+            .await?;
         Ok(Some(crate::mgmt::ScopeKey { name, key, aek_id }))
     }
 
@@ -690,7 +695,9 @@ impl BlobService {
         check_cpk(&rec, acct)?;
         if let Some(scope) = &rec.scope {
             // A disabled scope refuses every request on its blobs.
-            self.mgmt.scope_key(&acct.name, scope).await?;
+            self.mgmt
+                .scope_key(&acct.name, scope, &acct.correlation)
+                .await?;
         }
         Ok(rec)
     }
@@ -713,7 +720,12 @@ impl BlobService {
             return Err(DomainError::Internal("stored blob size mismatch".into()));
         }
         let aek = match &rec.scope {
-            Some(scope) => self.mgmt.scope_key(&acct.name, scope).await?.0,
+            Some(scope) => {
+                self.mgmt
+                    .scope_key(&acct.name, scope, &acct.correlation)
+                    .await?
+                    .0
+            }
             None => acct.aek()?.duplicate(),
         };
         Ok(BlobReader {
@@ -1051,7 +1063,9 @@ impl BlobService {
             check_cpk(&rec, acct)?;
         }
         if let Some(scope) = &rec.scope {
-            self.mgmt.scope_key(&acct.name, scope).await?;
+            self.mgmt
+                .scope_key(&acct.name, scope, &acct.correlation)
+                .await?;
         }
         change(&mut rec)?;
         rec.etag = self.etag()?;

@@ -748,6 +748,8 @@ pub struct BlobAccount {
     /// Set when the request writes in an encryption scope: its key wraps the DEKs of what is
     /// written (metadata stays under the account key).
     pub scope: Option<ScopeKey>,
+    /// The request's correlation id, for the vault calls its encryption scope's key may need.
+    pub correlation: String,
 }
 
 /// An encryption scope's key, for writing in it.
@@ -787,6 +789,7 @@ impl BlobAccount {
             },
             cpk: self.cpk.clone(),
             scope: Some(scope),
+            correlation: self.correlation.clone(),
         }
     }
 
@@ -806,6 +809,7 @@ impl BlobAccount {
             key: Ok(key),
             cpk: Some(tag),
             scope: None,
+            correlation: self.correlation.clone(),
         }
     }
 }
@@ -817,7 +821,7 @@ impl MgmtService {
         let r = self.account_by_name(name).await?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
         // A CMK that cannot be used is reported after the request is authorized.
-        let key = match self.account_aek(&r, correlation).await {
+        let key = match self.holder_aek(&r, correlation).await {
             Ok(k) => Ok(k),
             Err(DomainError::CmkUnavailable { code, message }) => Err((code, message)),
             Err(e) => return Err(e),
@@ -831,6 +835,7 @@ impl MgmtService {
             key,
             cpk: None,
             scope: None,
+            correlation: correlation.to_string(),
         })
     }
 }
