@@ -116,7 +116,9 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::CmkUnavailable { code, .. } => (StatusCode::FORBIDDEN, *code),
         DomainError::Cpk { code, .. } => (StatusCode::CONFLICT, *code),
         DomainError::ScopeDisabled(_) => (StatusCode::FORBIDDEN, "EncryptionScopeDisabled"),
-        DomainError::CmkInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidInput"),
+        DomainError::CmkInvalid { .. } | DomainError::PropertyCannotChange(_) => {
+            (StatusCode::BAD_REQUEST, "InvalidInput")
+        }
         DomainError::LocationNotAvailable { .. }
         | DomainError::RoleDefinitionNotFound(_)
         | DomainError::PrincipalNotFound(_)

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use coffer_crypto::aead::SealingKey;
 use coffer_crypto::b64;
 use coffer_crypto::object::{
-    DEFAULT_SEGMENT_LOG2, ObjectDecryptor, ObjectEncryptor, ObjectIdentity, TAG_LEN,
+    DEFAULT_SEGMENT_LOG2, InfraKey, MAX_HEADER_LEN, ObjectDecryptor, ObjectEncryptor,
+    ObjectIdentity, TAG_LEN,
 };
 use coffer_secret::SecretBytes;
 
@@ -143,6 +144,8 @@ struct PartReader {
 pub struct BlobReader {
     bytes: Arc<dyn ByteStore>,
     aek: SecretBytes,
+    /// The outer layer's key of double-encrypted (version 2) objects.
+    infra: SecretBytes,
     account: String,
     container: String,
     blob: String,
@@ -162,19 +165,15 @@ impl BlobReader {
             blob: self.blob.clone(),
             object_id: part.object_id.clone(),
         };
-        // Header: 24 fixed bytes up to the AEK id length, the id (at most 255 bytes), its
-        // wrapped-DEK length byte and the 40-byte wrapped DEK (docs/design/blob-format.md),
-        // read in one call.
+        // The header (its length depends on the version and the key ids; at most
+        // MAX_HEADER_LEN bytes, docs/design/blob-format.md), read in one call.
         let prefix = self
             .bytes
-            .read_prefix(&part.object_id, 24 + 255 + 1 + 40)
+            .read_prefix(&part.object_id, MAX_HEADER_LEN as u64)
             .await?;
-        let short = || DomainError::Internal("a stored blob header is truncated".into());
-        let header_len = 24 + usize::from(*prefix.get(23).ok_or_else(short)?) + 1 + 40;
-        let head = prefix.get(..header_len).ok_or_else(short)?;
-        let dec = ObjectDecryptor::new(&self.aek, head, &identity).map_err(|_| {
-            DomainError::Internal("a stored blob header failed authentication".into())
-        })?;
+        let dec = ObjectDecryptor::open(&self.aek, Some(&self.infra), &prefix, &identity).map_err(
+            |_| DomainError::Internal("a stored blob header failed authentication".into()),
+        )?;
         if dec.header.plaintext_len != part.size {
             return Err(DomainError::Internal("stored part size mismatch".into()));
         }
@@ -459,11 +458,13 @@ impl BlobService {
         let Some(name) = requested.map(str::to_string).or(default) else {
             return Ok(None);
         };
-        let (key, aek_id) = self
+        let mut scope = self
             .mgmt
             .scope_key(&acct.name, &name, &acct.correlation)
             .await?;
-        Ok(Some(crate::mgmt::ScopeKey { name, key, aek_id }))
+        // The name as the request (or the container's default) spells it.
+        scope.name = name;
+        Ok(Some(scope))
     }
 
     pub async fn get_container(
@@ -724,11 +725,12 @@ impl BlobService {
                 self.mgmt
                     .scope_key(&acct.name, scope, &acct.correlation)
                     .await?
-                    .0
+                    .key
             }
             None => acct.aek()?.duplicate(),
         };
         Ok(BlobReader {
+            infra: self.mgmt.infrastructure_key()?.0,
             bytes: self.bytes_for(&rec.region)?,
             aek,
             account: rec.account.clone(),
@@ -773,11 +775,27 @@ impl BlobService {
             Some(s) => (&s.key, &s.aek_id),
             None => (acct.aek()?, &acct.aek_id),
         };
-        let (mut enc, header) =
-            ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?;
+        // Infrastructure encryption (the account's or the scope's): a second layer under the
+        // infrastructure key (object format v2).
+        let (mut enc, header) = if acct.infra || acct.scope.as_ref().is_some_and(|s| s.infra) {
+            let (infra, infra_id) = self.mgmt.infrastructure_key()?;
+            ObjectEncryptor::layered(
+                wrap_key,
+                wrap_id,
+                InfraKey {
+                    key: &infra,
+                    id: infra_id,
+                },
+                &identity,
+                len,
+                DEFAULT_SEGMENT_LOG2,
+            )?
+        } else {
+            ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?
+        };
         let mut writer = bytes.create(&object_id).await?;
         writer.write(&header).await?;
-        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
+        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + 2 * TAG_LEN);
         let mut seen: u64 = 0;
         while let Some(chunk) = body.next_chunk().await? {
             seen += chunk.len() as u64;

@@ -9,7 +9,7 @@ use coffer_secret::SecretBytes;
 use serde_json::{Map, Value, json};
 
 use super::cmk::cmk_principal;
-use super::storage::STORAGE_TYPE;
+use super::storage::{STORAGE_TYPE, ScopeKey};
 use super::{Body, MgmtService, Put, bad, public, resource_id};
 use crate::clock::rfc3339;
 use crate::cmk::KeyRef;
@@ -90,14 +90,12 @@ impl MgmtService {
             let cur = b["properties"]["requireInfrastructureEncryption"]
                 .as_bool()
                 .unwrap_or(false);
-            if infra && new {
-                return Err(bad(
-                    "infrastructure encryption (a second encryption layer) is not available yet on this server",
-                ));
-            }
-            if !new && infra != cur {
-                return Err(bad(
-                    "requireInfrastructureEncryption is chosen when the scope is created and cannot change",
+            if new {
+                // A scope of an account with infrastructure encryption has it too (as Azure).
+                b["properties"]["requireInfrastructureEncryption"] = json!(cur || infra);
+            } else if infra != cur {
+                return Err(DomainError::PropertyCannotChange(
+                    "requireInfrastructureEncryption",
                 ));
             }
         }
@@ -224,12 +222,14 @@ impl MgmtService {
         }
         let now = rfc3339(self.clock.now());
         let aek = SecretBytes::new(random::bytes(32)?);
+        let account_infra = acct.body["properties"]["encryption"]["requireInfrastructureEncryption"]
+            .as_bool() == Some(true);
         let mut b = json!({
             "id": id, "name": name, "type": SCOPE_TYPE,
             "properties": {
                 "source": "Microsoft.Storage", "state": "Enabled",
                 "creationTime": now, "lastModifiedTime": now,
-                "requireInfrastructureEncryption": false,
+                "requireInfrastructureEncryption": account_infra,
             },
             "_aek": {"version": 1, "sealed": b64::std_encode(&self.root.seal(&scope_aad(account, name, 1), aek.expose())?)},
         });
@@ -313,7 +313,7 @@ impl MgmtService {
         account: &str,
         scope: &str,
         correlation: &str,
-    ) -> Result<(SecretBytes, String)> {
+    ) -> Result<ScopeKey> {
         // The name comes from a request header: validated before it becomes part of an id.
         validate_scope_name(scope)?;
         let acct = self.account_by_name(account).await?;
@@ -329,6 +329,11 @@ impl MgmtService {
         }
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
         let key = self.holder_aek(&r, correlation).await?;
-        Ok((key, format!("{account}/scope/{}/aek/{version}", r.name)))
+        Ok(ScopeKey {
+            aek_id: format!("{account}/scope/{}/aek/{version}", r.name),
+            name: r.name,
+            key,
+            infra: r.body["properties"]["requireInfrastructureEncryption"].as_bool() == Some(true),
+        })
     }
 }

@@ -313,8 +313,8 @@ impl MgmtService {
                     .as_bool()
                     .unwrap_or(false);
                 if !new && infra != cur {
-                    return Err(bad(
-                        "requireInfrastructureEncryption is chosen at account creation and cannot change",
+                    return Err(DomainError::PropertyCannotChange(
+                        "requireInfrastructureEncryption",
                     ));
                 }
                 p["encryption"]["requireInfrastructureEncryption"] = json!(infra);
@@ -688,6 +688,20 @@ impl MgmtService {
             .unwrap_or_default())
     }
 
+    /// The infrastructure key: the independent platform key of the outer layer of
+    /// double-encrypted objects (infrastructure encryption), derived from the root key for
+    /// this purpose only, and its id for object headers.
+    pub fn infrastructure_key(&self) -> Result<(SecretBytes, &'static str)> {
+        let key = match self.infra_key.get() {
+            Some(k) => k,
+            None => {
+                let k = self.root.derive("infrastructure-encryption-v1")?;
+                self.infra_key.get_or_init(|| k)
+            }
+        };
+        Ok((key.duplicate(), INFRA_KEY_ID))
+    }
+
     /// The keyed hash under which blob records remember a customer-provided key (HMAC-SHA256
     /// with a key derived from the root key): it checks a later request's key, and reveals
     /// nothing of the key to someone who reads the metadata store.
@@ -731,6 +745,9 @@ fn encryption_of<'a>(req: &Body<'a>) -> Result<Option<Body<'a>>> {
     }
 }
 
+/// The id of the infrastructure key in object headers.
+pub const INFRA_KEY_ID: &str = "platform/infrastructure/1";
+
 /// What the blob plane needs of an account: its ARM id (RBAC scope), region, and unsealed AEK.
 pub struct BlobAccount {
     pub name: String,
@@ -748,6 +765,9 @@ pub struct BlobAccount {
     /// Set when the request writes in an encryption scope: its key wraps the DEKs of what is
     /// written (metadata stays under the account key).
     pub scope: Option<ScopeKey>,
+    /// `requireInfrastructureEncryption`: what the request writes is encrypted twice (object
+    /// format v2), the second layer under the infrastructure key.
+    pub infra: bool,
     /// The request's correlation id, for the vault calls its encryption scope's key may need.
     pub correlation: String,
 }
@@ -757,6 +777,8 @@ pub struct ScopeKey {
     pub name: String,
     pub key: SecretBytes,
     pub aek_id: String,
+    /// The scope's `requireInfrastructureEncryption`.
+    pub infra: bool,
 }
 
 impl BlobAccount {
@@ -789,6 +811,7 @@ impl BlobAccount {
             },
             cpk: self.cpk.clone(),
             scope: Some(scope),
+            infra: self.infra,
             correlation: self.correlation.clone(),
         }
     }
@@ -809,6 +832,7 @@ impl BlobAccount {
             key: Ok(key),
             cpk: Some(tag),
             scope: None,
+            infra: self.infra,
             correlation: self.correlation.clone(),
         }
     }
@@ -835,6 +859,8 @@ impl MgmtService {
             key,
             cpk: None,
             scope: None,
+            infra: r.body["properties"]["encryption"]["requireInfrastructureEncryption"].as_bool()
+                == Some(true),
             correlation: correlation.to_string(),
         })
     }
