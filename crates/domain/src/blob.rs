@@ -1161,11 +1161,14 @@ impl BlobService {
 
     /// Copy Blob within the account, synchronously: the bytes are decrypted and re-encrypted
     /// (a blob's identity is bound into its ciphertext, so bytes cannot move as they are).
+    /// The source is read as `src_acct` (the account, or with the source's customer-provided
+    /// key), the destination written as `acct` (its key, scope or customer-provided key).
     /// Metadata: `meta` when given, else the source's.
     #[allow(clippy::too_many_arguments)]
     pub async fn copy_blob(
         &self,
         auth: &BlobAuth,
+        src_acct: &BlobAccount,
         acct: &BlobAccount,
         src_container: &str,
         src_name: &str,
@@ -1174,7 +1177,7 @@ impl BlobService {
         meta: Option<&[(String, String)]>,
     ) -> Result<BlobRecord> {
         let src = self
-            .get_blob_record(auth, acct, src_container, src_name)
+            .get_blob_record(auth, src_acct, src_container, src_name)
             .await?;
         self.authorize(
             auth,
@@ -1195,7 +1198,9 @@ impl BlobService {
         }
         let meta_vec = match meta {
             Some(m) => m.to_vec(),
-            None => Self::open_metadata(acct, src_container, src_name, src.metadata.as_deref())?,
+            None => {
+                Self::open_metadata(src_acct, src_container, src_name, src.metadata.as_deref())?
+            }
         };
         struct ReaderSource(BlobReader);
         #[async_trait]
@@ -1204,7 +1209,7 @@ impl BlobService {
                 self.0.next_chunk().await
             }
         }
-        let mut source = ReaderSource(self.read(acct, &src, 0, src.size).await?);
+        let mut source = ReaderSource(self.read(src_acct, &src, 0, src.size).await?);
         let (part, _) = self
             .write_object(
                 acct,

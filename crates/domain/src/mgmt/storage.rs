@@ -799,18 +799,40 @@ impl BlobAccount {
 
     /// This account as seen by a request that writes in an encryption scope.
     pub fn with_scope(&self, scope: ScopeKey) -> BlobAccount {
+        let key = self.key_copy();
+        self.view(self.aek_id.clone(), key, self.cpk.clone(), Some(scope))
+    }
+
+    /// This account with its own key, whatever this view carries (a customer-provided key, a
+    /// scope): how the source of a copy is read when the request has no key for it.
+    pub fn as_stored(&self) -> BlobAccount {
+        let key = self.key_copy();
+        self.view(self.aek_id.clone(), key, None, None)
+    }
+
+    fn key_copy(&self) -> std::result::Result<SecretBytes, (&'static str, String)> {
+        match &self.key {
+            Ok(k) => Ok(k.duplicate()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn view(
+        &self,
+        aek_id: String,
+        key: std::result::Result<SecretBytes, (&'static str, String)>,
+        cpk: Option<String>,
+        scope: Option<ScopeKey>,
+    ) -> BlobAccount {
         BlobAccount {
             name: self.name.clone(),
             allow_shared_key: self.allow_shared_key,
             id: self.id.clone(),
             region: self.region.clone(),
-            aek_id: self.aek_id.clone(),
-            key: match &self.key {
-                Ok(k) => Ok(k.duplicate()),
-                Err(e) => Err(e.clone()),
-            },
-            cpk: self.cpk.clone(),
-            scope: Some(scope),
+            aek_id,
+            key,
+            cpk,
+            scope,
             infra: self.infra,
             correlation: self.correlation.clone(),
         }
@@ -823,18 +845,7 @@ impl BlobAccount {
     /// This account as seen by a request that provides its own key (CPK): the key replaces the
     /// account key for everything the request writes or reads (DEKs and metadata).
     pub fn with_customer_key(&self, key: SecretBytes, tag: String) -> BlobAccount {
-        BlobAccount {
-            name: self.name.clone(),
-            allow_shared_key: self.allow_shared_key,
-            id: self.id.clone(),
-            region: self.region.clone(),
-            aek_id: "cpk".into(),
-            key: Ok(key),
-            cpk: Some(tag),
-            scope: None,
-            infra: self.infra,
-            correlation: self.correlation.clone(),
-        }
+        self.view("cpk".into(), Ok(key), Some(tag), None)
     }
 }
 
