@@ -196,3 +196,25 @@ def test_scope_cmk_validation(coffer, rg):
     cc.create_container()
     cc.upload_blob("b", b"scoped", encryption_scope=name)
     assert cc.get_blob_client("b").download_blob().readall() == b"scoped"
+
+
+def test_deleting_an_account_deletes_its_scopes(coffer, rg):
+    kv = protected_vault(coffer, rg)
+    key = kv.keys.create_rsa_key(unique("k-"), size=2048)
+    account = create_account(coffer, rg, identity=sm.Identity(type="SystemAssigned"))
+    coffer.assign_role(kv.vault.id, ENCRYPTION_USER, account.identity.principal_id)
+    s_kv, s_pl = unique("kv-").lower(), unique("pl-").lower()
+    scopes(coffer).put(rg, account.name, s_kv, kv_scope(versionless(kv, key)))
+    scopes(coffer).put(rg, account.name, s_pl, sm.EncryptionScope(source="Microsoft.Storage"))
+    storage = coffer.mgmt_clients().storage
+    storage.storage_accounts.delete(rg, account.name)
+    # The vault no longer lists the scope as a dependent of its key.
+    assert kv.raw("GET", f"/keys/{key.name}/dependents").json()["value"] == []
+    # A new account with the same name starts without scopes.
+    storage.storage_accounts.begin_create(rg, account.name, sm.StorageAccountCreateParameters(
+        sku=sm.Sku(name="Standard_LRS"), kind="StorageV2", location="eastus")).result()
+    assert list(scopes(coffer).list(rg, account.name)) == []
+    for name in (s_kv, s_pl):
+        with pytest.raises(HttpResponseError) as e:
+            scopes(coffer).get(rg, account.name, name)
+        assert e.value.status_code == 404

@@ -6,6 +6,7 @@ use coffer_crypto::{b64, random};
 use coffer_secret::SecretBytes;
 use serde_json::{Map, Value, json};
 
+use super::scopes::SCOPE_TYPE;
 use super::{Body, MgmtService, Put, bad, public, resource_id};
 use crate::clock::rfc3339;
 use crate::identity::Caller;
@@ -550,6 +551,22 @@ impl MgmtService {
         // blob index goes too, so a later account with the same name starts empty (the
         // orphaned objects are unreadable garbage for the collector).
         self.store.delete_account_data(&r.name).await?;
+        // Its encryption scopes (and their keys) go too: a later account with the same name
+        // must not find them.
+        let prefix = format!("{}/encryptionscopes/", r.id.to_ascii_lowercase());
+        for s in self
+            .store
+            .list_resources(
+                &r.subscription_id,
+                r.resource_group.as_deref(),
+                Some(SCOPE_TYPE),
+            )
+            .await?
+        {
+            if s.id.to_ascii_lowercase().starts_with(&prefix) {
+                self.store.delete_resource(&s.id).await?;
+            }
+        }
         self.store.delete_resource(&r.id).await?;
         self.cmk_drop_account(&r.name);
         Ok(())
