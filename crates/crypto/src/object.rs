@@ -291,7 +291,17 @@ impl ObjectEncryptor {
         plaintext_len: u64,
         segment_log2: u8,
     ) -> Result<(Self, Vec<u8>), CryptoError> {
-        Self::start(aek, aek_id, identity, plaintext_len, segment_log2, None)
+        let inner = SecretBytes::new(random::bytes(32)?);
+        let prefix = random::array()?;
+        Self::with_parts(
+            aek,
+            aek_id,
+            identity,
+            plaintext_len,
+            segment_log2,
+            inner,
+            prefix,
+        )
     }
 
     /// Start a version-2 object (infrastructure encryption): as [`new`](Self::new), and every
@@ -304,37 +314,46 @@ impl ObjectEncryptor {
         plaintext_len: u64,
         segment_log2: u8,
     ) -> Result<(Self, Vec<u8>), CryptoError> {
-        let outer = OuterParts {
-            infra,
-            key: SecretBytes::new(random::bytes(32)?),
-            nonce_prefix: random::array()?,
-        };
-        Self::start(
+        let inner = (SecretBytes::new(random::bytes(32)?), random::array()?);
+        let outer = (SecretBytes::new(random::bytes(32)?), random::array()?);
+        Self::layered_with_parts(
             aek,
             aek_id,
+            infra,
             identity,
             plaintext_len,
             segment_log2,
-            Some(outer),
+            inner,
+            outer,
         )
     }
 
-    /// A fresh DEK and nonce prefix.
-    fn start(
+    /// As [`layered`](Self::layered) with given keys and nonce prefixes (test vectors only):
+    /// `(dek, nonce_prefix)` of the inner layer, `(outer_key, outer_nonce_prefix)` of the outer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layered_with_parts(
         aek: &SecretBytes,
         aek_id: &str,
+        infra: InfraKey<'_>,
         identity: &ObjectIdentity,
         plaintext_len: u64,
         segment_log2: u8,
-        outer: Option<OuterParts<'_>>,
+        inner: (SecretBytes, [u8; 7]),
+        outer: (SecretBytes, [u8; 7]),
     ) -> Result<(Self, Vec<u8>), CryptoError> {
-        let dek = SecretBytes::new(random::bytes(32)?);
+        let (dek, nonce_prefix) = inner;
+        let (key, outer_prefix) = outer;
         let layout = Layout {
             plaintext_len,
             segment_log2,
-            nonce_prefix: random::array()?,
+            nonce_prefix,
         };
-        Self::build(aek, aek_id, identity, layout, dek, outer)
+        let outer = OuterParts {
+            infra,
+            key,
+            nonce_prefix: outer_prefix,
+        };
+        Self::build(aek, aek_id, identity, layout, dek, Some(outer))
     }
 
     /// As [`new`](Self::new) with a given DEK and nonce prefix (test vectors only).
@@ -817,35 +836,36 @@ mod tests {
         assert!(!obj.windows(32).any(|w| w == &data[..32]));
     }
 
-    /// Frozen test vectors: `testdata/object-v1.json`.
-    #[test]
-    fn known_answer_vectors() {
-        let text = include_str!("../testdata/object-v1.json");
+    fn hx(c: &serde_json::Value, k: &str) -> Vec<u8> {
+        hex::decode(c[k].as_str().unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn p7(c: &serde_json::Value, k: &str) -> [u8; 7] {
+        hx(c, k).try_into().unwrap_or_default()
+    }
+
+    type Started = Result<(ObjectEncryptor, Vec<u8>), CryptoError>;
+
+    /// Check every vector of a test-vector file: `start` begins the object from the vector's
+    /// keys, `open` decrypts the result again.
+    fn run_vectors(
+        text: &str,
+        start: impl Fn(&serde_json::Value, &ObjectIdentity, u64) -> Started,
+        open: impl Fn(&serde_json::Value, &ObjectIdentity, &[u8]) -> Option<Vec<u8>>,
+    ) {
         let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         let cases = v["vectors"].as_array().cloned().unwrap_or_default();
         assert!(!cases.is_empty());
         for c in cases {
-            let h = |k: &str| hex::decode(c[k].as_str().unwrap_or_default()).unwrap_or_default();
             let id = ObjectIdentity {
                 account: c["account"].as_str().unwrap_or_default().into(),
                 container: c["container"].as_str().unwrap_or_default().into(),
                 blob: c["blob"].as_str().unwrap_or_default().into(),
                 object_id: c["object_id"].as_str().unwrap_or_default().into(),
             };
-            let aek = SecretBytes::new(h("aek"));
-            let plain = h("plaintext");
-            let prefix: [u8; 7] = h("nonce_prefix").try_into().unwrap_or_default();
-            let log2 = c["segment_log2"].as_u64().unwrap_or(12) as u8;
-            let (mut e, mut out) = ObjectEncryptor::with_parts(
-                &aek,
-                c["aek_id"].as_str().unwrap_or_default(),
-                &id,
-                plain.len() as u64,
-                log2,
-                SecretBytes::new(h("dek")),
-                prefix,
-            )
-            .unwrap_or_else(|_| unreachable!());
+            let plain = hx(&c, "plaintext");
+            let (mut e, mut out) =
+                start(&c, &id, plain.len() as u64).unwrap_or_else(|_| unreachable!());
             e.update(&plain, &mut out)
                 .unwrap_or_else(|_| unreachable!());
             e.finish(&mut out).unwrap_or_else(|_| unreachable!());
@@ -855,7 +875,63 @@ mod tests {
                 "{}",
                 c["name"]
             );
-            assert_eq!(decrypt_all(&aek, &id, &out).ok(), Some(plain));
+            assert_eq!(open(&c, &id, &out), Some(plain));
         }
+    }
+
+    fn log2_of(c: &serde_json::Value) -> u8 {
+        c["segment_log2"].as_u64().unwrap_or(12) as u8
+    }
+
+    /// Version-2 test vectors from an independent generator (`testdata/gen_object_v2.py`).
+    #[test]
+    fn known_answer_vectors_v2() {
+        run_vectors(
+            include_str!("../testdata/object-v2.json"),
+            |c, id, len| {
+                let infra = SecretBytes::new(hx(c, "infra_key"));
+                ObjectEncryptor::layered_with_parts(
+                    &SecretBytes::new(hx(c, "aek")),
+                    c["aek_id"].as_str().unwrap_or_default(),
+                    InfraKey {
+                        key: &infra,
+                        id: c["infra_key_id"].as_str().unwrap_or_default(),
+                    },
+                    id,
+                    len,
+                    log2_of(c),
+                    (SecretBytes::new(hx(c, "dek")), p7(c, "nonce_prefix")),
+                    (
+                        SecretBytes::new(hx(c, "outer_key")),
+                        p7(c, "outer_nonce_prefix"),
+                    ),
+                )
+            },
+            |c, id, obj| {
+                let (aek, infra) = (hx(c, "aek"), hx(c, "infra_key"));
+                let infra = SecretBytes::new(infra);
+                decrypt_layered(&SecretBytes::new(aek), Some(&infra), id, obj).ok()
+            },
+        );
+    }
+
+    /// Frozen test vectors: `testdata/object-v1.json` (`testdata/gen_object_v1.py`).
+    #[test]
+    fn known_answer_vectors() {
+        run_vectors(
+            include_str!("../testdata/object-v1.json"),
+            |c, id, len| {
+                ObjectEncryptor::with_parts(
+                    &SecretBytes::new(hx(c, "aek")),
+                    c["aek_id"].as_str().unwrap_or_default(),
+                    id,
+                    len,
+                    log2_of(c),
+                    SecretBytes::new(hx(c, "dek")),
+                    p7(c, "nonce_prefix"),
+                )
+            },
+            |c, id, obj| decrypt_all(&SecretBytes::new(hx(c, "aek")), id, obj).ok(),
+        );
     }
 }
