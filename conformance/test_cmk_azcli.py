@@ -215,3 +215,17 @@ def test_customer_managed_key_flow_with_az_cli(az: Az, coffer, tmp_path: Path):
     assert field(enabled, "attributes", "enabled") is True, enabled
     _download(az, account_name, container, "secret.bin", dest)
     assert dest.read_bytes() == payload, "downloaded bytes differ after the key was enabled again"
+
+    # ---- an encryption scope under the same key (pinned to this version), with infrastructure
+    # encryption; a blob written in it reads back, and is cut off with the key like the account
+    scope = az.json("storage", "account", "encryption-scope", "create", "--resource-group", rg,
+                    "--account-name", account_name, "--name", "pinned", "--key-source", "Microsoft.KeyVault",
+                    "--key-uri", kid, "--require-infrastructure-encryption", "true")
+    assert field(scope, "source") == "Microsoft.KeyVault", scope
+    assert field(scope, "keyVaultProperties", "currentVersionedKeyIdentifier") == kid, scope
+    assert field(scope, "requireInfrastructureEncryption") is True, scope
+    az.json("storage", "blob", "upload", "--auth-mode", "login", "--account-name", account_name,
+            "--container-name", container, "--name", "scoped.bin", "--file", str(source),
+            "--encryption-scope", "pinned")
+    _download(az, account_name, container, "scoped.bin", dest)
+    assert dest.read_bytes() == payload, "the blob written in the scope reads back different bytes"

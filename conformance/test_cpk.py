@@ -84,3 +84,41 @@ def test_cpk_round_trips_and_key_checks(coffer, account):
             content = f.read_bytes()
             for n in needles:
                 assert n not in content, f"{f} contains {n[:10]!r}"
+
+
+def test_cpk_on_put_blob_from_url(coffer, account):
+    """Put Blob From URL (`upload_blob_from_url`): the source's key travels in
+    x-ms-source-encryption-key, the destination's in x-ms-encryption-key; either may be absent."""
+    k1, k2 = cpk_of(os.urandom(32)), cpk_of(os.urandom(32))
+    cc = _client(coffer, account).create_container(unique("cpkcopy-").lower())
+    data = os.urandom(150_000)
+    src = cc.get_blob_client("src-cpk")
+    src.upload_blob(data, cpk=k1)
+    plain = cc.get_blob_client("src-plain")
+    plain.upload_blob(data)
+
+    # CPK source -> destination under another key.
+    d1 = cc.get_blob_client("dst-k2")
+    r = d1.upload_blob_from_url(src.url, source_cpk=k1, cpk=k2)
+    assert r["encryption_key_sha256"] == k2.key_hash
+    assert d1.download_blob(cpk=k2).readall() == data
+    refused(lambda: d1.download_blob(cpk=k1).readall(), "BlobUsesCustomerSpecifiedEncryption")
+    refused(lambda: d1.download_blob().readall(), "BlobUsesCustomerSpecifiedEncryption")
+    # CPK source -> destination under the account's key.
+    d2 = cc.get_blob_client("dst-plain")
+    d2.upload_blob_from_url(src.url, source_cpk=k1)
+    assert d2.download_blob().readall() == data
+    assert d2.get_blob_properties().encryption_key_sha256 is None
+    # Plain source -> CPK destination.
+    d3 = cc.get_blob_client("dst-from-plain")
+    d3.upload_blob_from_url(plain.url, cpk=k2)
+    assert d3.download_blob(cpk=k2).readall() == data
+    # A CPK source without its key, or with another key: refused, nothing written.
+    refused(lambda: cc.get_blob_client("x1").upload_blob_from_url(src.url),
+            "BlobUsesCustomerSpecifiedEncryption")
+    refused(lambda: cc.get_blob_client("x2").upload_blob_from_url(src.url, source_cpk=k2, cpk=k2),
+            "BlobUsesCustomerSpecifiedEncryption")
+    # A source key for a source that has none.
+    refused(lambda: cc.get_blob_client("x3").upload_blob_from_url(plain.url, source_cpk=k1),
+            "BlobDoesNotUseCustomerSpecifiedEncryption")
+    assert {b.name for b in cc.list_blobs()} == {"src-cpk", "src-plain", "dst-k2", "dst-plain", "dst-from-plain"}

@@ -817,6 +817,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         | DomainError::CmkUnavailable { code, .. }
         | DomainError::Cpk { code, .. } => (StatusCode::BAD_REQUEST, *code),
         DomainError::ScopeDisabled(_) => (StatusCode::BAD_REQUEST, "EncryptionScopeDisabled"),
+        DomainError::PropertyCannotChange(_) => {
+            (StatusCode::BAD_REQUEST, "AccountPropertyCannotBeUpdated")
+        }
         DomainError::Internal(detail) => {
             tracing::error!(request_id, detail = %detail, "internal error");
             return arm_error(

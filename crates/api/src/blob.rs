@@ -116,7 +116,9 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::CmkUnavailable { code, .. } => (StatusCode::FORBIDDEN, *code),
         DomainError::Cpk { code, .. } => (StatusCode::CONFLICT, *code),
         DomainError::ScopeDisabled(_) => (StatusCode::FORBIDDEN, "EncryptionScopeDisabled"),
-        DomainError::CmkInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidInput"),
+        DomainError::CmkInvalid { .. } | DomainError::PropertyCannotChange(_) => {
+            (StatusCode::BAD_REQUEST, "InvalidInput")
+        }
         DomainError::LocationNotAvailable { .. }
         | DomainError::RoleDefinitionNotFound(_)
         | DomainError::PrincipalNotFound(_)
@@ -841,6 +843,20 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
         }
         return domain_error(&unavailable, &rid);
     }
+    // The source of a copy is read as the account, or with the source's customer-provided key.
+    let copy_src = match source_customer_key(req.headers()) {
+        Ok(None) => None,
+        Ok(Some((key, _))) => match state.mgmt.cpk_tag(key.expose()) {
+            Ok(tag) => Some(acct.with_customer_key(key, tag)),
+            Err(e) => return domain_error(&e, &rid),
+        },
+        Err(e) => return domain_error(&e, &rid),
+    };
+    let copy_src = match copy_src {
+        Some(v) => Some(v),
+        None if hv(req.headers(), "x-ms-copy-source").is_some() => Some(acct.as_stored()),
+        None => None,
+    };
     // A customer-provided key replaces the account key for this request.
     let (acct, cpk_sha) = match customer_key(req.headers(), &op) {
         Ok(None) => (acct, None),
@@ -883,9 +899,19 @@ async fn serve(state: &Arc<AppState>, req: Request, rid: &str, seen: &mut Seen) 
     };
     let written_scope = acct.scope_name();
     let (parts, body) = req.into_parts();
-    let mut resp = execute(&state, &auth, &acct, op, &parts.headers, &q, body, &rid)
-        .await
-        .unwrap_or_else(|e| domain_error(&e, &rid));
+    let mut resp = execute(
+        &state,
+        &auth,
+        &acct,
+        copy_src.as_ref(),
+        op,
+        &parts.headers,
+        &q,
+        body,
+        &rid,
+    )
+    .await
+    .unwrap_or_else(|e| domain_error(&e, &rid));
     if let Some(sha) = cpk_sha
         && resp.status().is_success()
         && let Ok(v) = http::HeaderValue::from_str(&sha)
@@ -941,12 +967,9 @@ fn customer_key(
     h: &HeaderMap,
     op: &BlobOp,
 ) -> Result<Option<(coffer_secret::SecretBytes, String)>, DomainError> {
-    let key = hv(h, "x-ms-encryption-key");
-    let sha = hv(h, "x-ms-encryption-key-sha256");
-    let alg = hv(h, "x-ms-encryption-algorithm");
-    if key.is_none() && sha.is_none() && alg.is_none() {
+    let Some((key, sha, alg)) = key_headers(h, "x-ms-encryption") else {
         return Ok(None);
-    }
+    };
     let bad = |m: &str| DomainError::InvalidProperty(m.to_string());
     let write = matches!(
         op,
@@ -961,35 +984,74 @@ fn customer_key(
     );
     if !write && !read {
         return Err(bad(
-            "customer-provided keys are accepted on Put Blob, Put Block, Put Block List, Get Blob, Get Blob Properties and Get/Set Blob Metadata (not yet on Copy Blob)",
+            "customer-provided keys are accepted on Put Blob (and Put Blob From URL), Put Block, Put Block List, Get Blob, Get Blob Properties and Get/Set Blob Metadata",
         ));
     }
-    let (Some(key), Some(sha)) = (key, sha) else {
-        return Err(bad(
-            "x-ms-encryption-key and x-ms-encryption-key-sha256 must be sent together",
+    parse_customer_key(key, sha, alg, read, "x-ms-encryption")
+}
+
+/// The key of the source of Put Blob From URL / Copy Blob (`x-ms-source-encryption-key`,
+/// `-sha256`, `-algorithm`), validated; None when the request has none.
+fn source_customer_key(
+    h: &HeaderMap,
+) -> Result<Option<(coffer_secret::SecretBytes, String)>, DomainError> {
+    let Some((key, sha, alg)) = key_headers(h, "x-ms-source-encryption") else {
+        return Ok(None);
+    };
+    if hv(h, "x-ms-copy-source").is_none() {
+        return Err(DomainError::InvalidProperty(
+            "x-ms-source-encryption-key is accepted with x-ms-copy-source only".into(),
         ));
+    }
+    // The source is read: the algorithm header is optional.
+    parse_customer_key(key, sha, alg, true, "x-ms-source-encryption")
+}
+
+/// `{prefix}-key`, `{prefix}-key-sha256` and `{prefix}-algorithm`, or None when none is sent.
+type KeyHeaders<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+fn key_headers<'a>(h: &'a HeaderMap, prefix: &str) -> Option<KeyHeaders<'a>> {
+    let key = hv(h, &format!("{prefix}-key"));
+    let sha = hv(h, &format!("{prefix}-key-sha256"));
+    let alg = hv(h, &format!("{prefix}-algorithm"));
+    (key.is_some() || sha.is_some() || alg.is_some()).then_some((key, sha, alg))
+}
+
+/// Validate a customer-provided key's headers (`{prefix}-key`, `-key-sha256`, `-algorithm`):
+/// base64 of 256 bits, its SHA-256, AES256 (required on writes).
+fn parse_customer_key(
+    key: Option<&str>,
+    sha: Option<&str>,
+    alg: Option<&str>,
+    read: bool,
+    prefix: &str,
+) -> Result<Option<(coffer_secret::SecretBytes, String)>, DomainError> {
+    let bad = |m: String| DomainError::InvalidProperty(m);
+    let (Some(key), Some(sha)) = (key, sha) else {
+        return Err(bad(format!(
+            "{prefix}-key and {prefix}-key-sha256 must be sent together"
+        )));
     };
     match alg {
         Some("AES256") => {}
         None if read => {}
         None => {
-            return Err(bad(
-                "x-ms-encryption-algorithm: AES256 is required on writes",
-            ));
+            return Err(bad(format!(
+                "{prefix}-algorithm: AES256 is required on writes"
+            )));
         }
-        Some(_) => return Err(bad("x-ms-encryption-algorithm must be AES256")),
+        Some(_) => return Err(bad(format!("{prefix}-algorithm must be AES256"))),
     }
     let raw = coffer_crypto::b64::std_decode(key)
         .filter(|k| k.len() == 32)
         .map(coffer_secret::SecretBytes::new)
-        .ok_or_else(|| bad("x-ms-encryption-key must be the base64 of a 256-bit key"))?;
+        .ok_or_else(|| bad(format!("{prefix}-key must be the base64 of a 256-bit key")))?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.expose());
     let want = coffer_crypto::b64::std_decode(sha)
-        .ok_or_else(|| bad("x-ms-encryption-key-sha256 must be base64"))?;
+        .ok_or_else(|| bad(format!("{prefix}-key-sha256 must be base64")))?;
     if !coffer_secret::ct_eq(digest.as_ref(), &want) {
-        return Err(bad(
-            "x-ms-encryption-key-sha256 is not the SHA-256 of x-ms-encryption-key",
-        ));
+        return Err(bad(format!(
+            "{prefix}-key-sha256 is not the SHA-256 of {prefix}-key"
+        )));
     }
     Ok(Some((raw, sha.to_string())))
 }
@@ -1059,6 +1121,7 @@ async fn execute(
     state: &AppState,
     auth: &BlobAuth,
     acct: &BlobAccount,
+    copy_src: Option<&BlobAccount>,
     op: BlobOp,
     h: &HeaderMap,
     q: &HashMap<String, String>,
@@ -1301,6 +1364,7 @@ async fn execute(
             let rec = svc
                 .copy_blob(
                     auth,
+                    copy_src.unwrap_or(acct),
                     acct,
                     &src_container,
                     &src_blob,
@@ -1309,6 +1373,13 @@ async fn execute(
                     (!meta.is_empty()).then_some(meta.as_slice()),
                 )
                 .await?;
+            if hv(h, "x-ms-blob-type").is_some() {
+                // Put Blob From URL: a synchronous write, answered as Put Blob.
+                return Ok(ok(base(StatusCode::CREATED, rid)
+                    .header(http::header::ETAG, &rec.etag)
+                    .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
+                    .header("x-ms-request-server-encrypted", "true")));
+            }
             ok(base(StatusCode::ACCEPTED, rid)
                 .header(http::header::ETAG, &rec.etag)
                 .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))

@@ -347,6 +347,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         | DomainError::CmkInvalid { .. }
         | DomainError::CmkUnavailable { .. }
         | DomainError::Cpk { .. }
+        | DomainError::PropertyCannotChange(_)
         | DomainError::ScopeDisabled(_) => {
             kv_error(StatusCode::BAD_REQUEST, "BadParameter", &msg, None, rid)
         }

@@ -1,11 +1,15 @@
-//! The encrypted object format, version 1 (`docs/design/blob-format.md`, frozen).
+//! The encrypted object format, versions 1 (frozen) and 2 (`docs/design/blob-format.md`).
 //!
 //! An object is `header ‖ segments`; each segment is AES-256-GCM under a per-object DEK, with
 //! nonce `prefix(7) ‖ index(4, BE) ‖ last(1)` and AAD
 //! `"coffer-object-v1" ‖ SHA-256(header) ‖ u16 len ‖ identity`. The DEK is wrapped under the
 //! account encryption key (AEK) with AES-256-KW. Encryption streams segment by segment;
 //! decryption is per segment, so a range read touches only the segments it needs.
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+//!
+//! Version 2 (infrastructure encryption) seals every version-1 segment a second time with
+//! ChaCha20-Poly1305 under a second per-object key, wrapped by an independent platform key
+//! (the *infrastructure key*); its header names both layers. Version-1 objects read as before.
+use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::digest;
 use coffer_secret::SecretBytes;
 
@@ -13,11 +17,34 @@ use crate::{CryptoError, kw, random};
 
 pub const MAGIC: &[u8; 4] = b"CFO1";
 pub const VERSION: u8 = 1;
+/// Two layers (infrastructure encryption).
+pub const VERSION_LAYERED: u8 = 2;
 pub const ALG_AES256_GCM: u8 = 1;
+/// The outer layer of a version-2 object.
+pub const ALG_CHACHA20_POLY1305: u8 = 2;
 pub const TAG_LEN: usize = 16;
 pub const DEFAULT_SEGMENT_LOG2: u8 = 16;
 const WRAPPED_DEK_LEN: usize = 40;
 const AAD_LABEL: &[u8] = b"coffer-object-v1";
+const OUTER_AAD_LABEL: &[u8] = b"coffer-object-v2-outer";
+/// The longest header of any version: read this much to parse any object's header.
+pub const MAX_HEADER_LEN: usize =
+    24 + 255 + 1 + WRAPPED_DEK_LEN + 1 + 7 + 1 + 255 + 1 + WRAPPED_DEK_LEN;
+
+/// The second layer of a version-2 object, as its header records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OuterLayer {
+    pub nonce_prefix: [u8; 7],
+    /// The infrastructure key that wraps the outer key (opaque id, 1..=255 bytes).
+    pub key_id: String,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// The platform key of the outer layer, and its id for headers.
+pub struct InfraKey<'a> {
+    pub key: &'a SecretBytes,
+    pub id: &'a str,
+}
 
 /// Where an object belongs: bound into every segment, so moved ciphertext fails to decrypt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +76,30 @@ pub struct Header {
     pub nonce_prefix: [u8; 7],
     pub aek_id: String,
     pub wrapped_dek: Vec<u8>,
+    /// Present in version 2 (infrastructure encryption) only.
+    pub outer: Option<OuterLayer>,
 }
 
 impl Header {
     pub fn segment_size(&self) -> u64 {
         1u64 << self.segment_log2
+    }
+
+    pub fn version(&self) -> u8 {
+        if self.outer.is_some() {
+            VERSION_LAYERED
+        } else {
+            VERSION
+        }
+    }
+
+    /// Bytes each segment's ciphertext adds to its plaintext (one tag per layer).
+    pub fn overhead(&self) -> u64 {
+        if self.outer.is_some() {
+            2 * TAG_LEN as u64
+        } else {
+            TAG_LEN as u64
+        }
     }
 
     /// Number of segments (an empty object has one, empty, final segment).
@@ -64,13 +110,21 @@ impl Header {
     pub fn encode(&self) -> Vec<u8> {
         let mut h = Vec::with_capacity(64 + self.aek_id.len());
         h.extend_from_slice(MAGIC);
-        h.extend_from_slice(&[VERSION, ALG_AES256_GCM, self.segment_log2, 0]);
+        h.extend_from_slice(&[self.version(), ALG_AES256_GCM, self.segment_log2, 0]);
         h.extend_from_slice(&self.plaintext_len.to_be_bytes());
         h.extend_from_slice(&self.nonce_prefix);
         h.push(self.aek_id.len() as u8);
         h.extend_from_slice(self.aek_id.as_bytes());
         h.push(self.wrapped_dek.len() as u8);
         h.extend_from_slice(&self.wrapped_dek);
+        if let Some(o) = &self.outer {
+            h.push(ALG_CHACHA20_POLY1305);
+            h.extend_from_slice(&o.nonce_prefix);
+            h.push(o.key_id.len() as u8);
+            h.extend_from_slice(o.key_id.as_bytes());
+            h.push(o.wrapped_key.len() as u8);
+            h.extend_from_slice(&o.wrapped_key);
+        }
         h
     }
 
@@ -79,7 +133,7 @@ impl Header {
         let bad = CryptoError::Decrypt;
         if b.len() < 25
             || &b[..4] != MAGIC
-            || b[4] != VERSION
+            || !(b[4] == VERSION || b[4] == VERSION_LAYERED)
             || b[5] != ALG_AES256_GCM
             || b[7] != 0
         {
@@ -103,18 +157,55 @@ impl Header {
         if dek_len != WRAPPED_DEK_LEN || b.len() < start + dek_len {
             return Err(bad);
         }
+        let wrapped_dek = b[start..start + dek_len].to_vec();
+        let mut end = start + dek_len;
+        let outer = if b[4] == VERSION_LAYERED {
+            // alg(1) ‖ nonce prefix(7) ‖ key id length(1) ‖ key id ‖ wrapped length(1) ‖ wrapped
+            let fixed = b.get(end..end + 9).ok_or(bad.clone())?;
+            if fixed[0] != ALG_CHACHA20_POLY1305 {
+                return Err(bad);
+            }
+            let nonce_prefix: [u8; 7] = fixed[1..8].try_into().map_err(|_| bad.clone())?;
+            let key_len = fixed[8] as usize;
+            let key_at = end + 9;
+            let key_id = b.get(key_at..key_at + key_len).ok_or(bad.clone())?;
+            if key_len == 0 {
+                return Err(bad);
+            }
+            let key_id = std::str::from_utf8(key_id)
+                .map_err(|_| bad.clone())?
+                .to_string();
+            let wrapped_at = key_at + key_len + 1;
+            if b.get(key_at + key_len).copied() != Some(WRAPPED_DEK_LEN as u8) {
+                return Err(bad);
+            }
+            let wrapped_key = b
+                .get(wrapped_at..wrapped_at + WRAPPED_DEK_LEN)
+                .ok_or(bad.clone())?
+                .to_vec();
+            end = wrapped_at + WRAPPED_DEK_LEN;
+            Some(OuterLayer {
+                nonce_prefix,
+                key_id,
+                wrapped_key,
+            })
+        } else {
+            None
+        };
         let h = Header {
             segment_log2,
             plaintext_len,
             nonce_prefix,
             aek_id,
-            wrapped_dek: b[start..start + dek_len].to_vec(),
+            wrapped_dek,
+            outer,
         };
-        Ok((h, start + dek_len))
+        Ok((h, end))
     }
 }
 
-/// Total size of an object holding `plaintext_len` bytes with this header length.
+/// Total size of a version-1 object holding `plaintext_len` bytes with this header length
+/// (a version-2 object has one more tag per segment).
 pub fn ciphertext_len(header_len: usize, plaintext_len: u64, segment_log2: u8) -> u64 {
     let segs = plaintext_len.div_ceil(1u64 << segment_log2).max(1);
     header_len as u64 + plaintext_len + segs * TAG_LEN as u64
@@ -130,7 +221,15 @@ fn nonce(prefix: &[u8; 7], index: u64, last: bool) -> Result<Nonce, CryptoError>
 }
 
 fn aad_base(header: &[u8], identity: &ObjectIdentity) -> Result<Vec<u8>, CryptoError> {
-    let mut a = AAD_LABEL.to_vec();
+    aad_labelled(AAD_LABEL, header, identity)
+}
+
+fn aad_labelled(
+    label: &[u8],
+    header: &[u8],
+    identity: &ObjectIdentity,
+) -> Result<Vec<u8>, CryptoError> {
+    let mut a = label.to_vec();
     a.extend_from_slice(digest::digest(&digest::SHA256, header).as_ref());
     a.extend_from_slice(&identity.encode()?);
     Ok(a)
@@ -142,11 +241,39 @@ fn dek_cipher(dek: &SecretBytes) -> Result<LessSafeKey, CryptoError> {
     ))
 }
 
+fn outer_cipher(key: &SecretBytes) -> Result<LessSafeKey, CryptoError> {
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key.expose()).map_err(|_| CryptoError::InvalidKey)?,
+    ))
+}
+
+/// The outer layer of a version-2 object in use: its cipher, AAD and nonce prefix.
+struct Outer {
+    key: LessSafeKey,
+    aad: Vec<u8>,
+    prefix: [u8; 7],
+}
+
+/// The shape of an object being started.
+struct Layout {
+    plaintext_len: u64,
+    segment_log2: u8,
+    nonce_prefix: [u8; 7],
+}
+
+/// The outer layer's parts when an object is started.
+struct OuterParts<'a> {
+    infra: InfraKey<'a>,
+    key: SecretBytes,
+    nonce_prefix: [u8; 7],
+}
+
 /// Streaming encryption of one object of known length.
 pub struct ObjectEncryptor {
     key: LessSafeKey,
     aad: Vec<u8>,
     prefix: [u8; 7],
+    outer: Option<Outer>,
     segment: usize,
     total: u64,
     consumed: u64,
@@ -164,16 +291,69 @@ impl ObjectEncryptor {
         plaintext_len: u64,
         segment_log2: u8,
     ) -> Result<(Self, Vec<u8>), CryptoError> {
-        let dek = SecretBytes::new(random::bytes(32)?);
+        let inner = SecretBytes::new(random::bytes(32)?);
+        let prefix = random::array()?;
         Self::with_parts(
             aek,
             aek_id,
             identity,
             plaintext_len,
             segment_log2,
-            dek,
-            random::array()?,
+            inner,
+            prefix,
         )
+    }
+
+    /// Start a version-2 object (infrastructure encryption): as [`new`](Self::new), and every
+    /// segment sealed again with ChaCha20-Poly1305 under a fresh outer key wrapped by `infra`.
+    pub fn layered(
+        aek: &SecretBytes,
+        aek_id: &str,
+        infra: InfraKey<'_>,
+        identity: &ObjectIdentity,
+        plaintext_len: u64,
+        segment_log2: u8,
+    ) -> Result<(Self, Vec<u8>), CryptoError> {
+        let inner = (SecretBytes::new(random::bytes(32)?), random::array()?);
+        let outer = (SecretBytes::new(random::bytes(32)?), random::array()?);
+        Self::layered_with_parts(
+            aek,
+            aek_id,
+            infra,
+            identity,
+            plaintext_len,
+            segment_log2,
+            inner,
+            outer,
+        )
+    }
+
+    /// As [`layered`](Self::layered) with given keys and nonce prefixes (test vectors only):
+    /// `(dek, nonce_prefix)` of the inner layer, `(outer_key, outer_nonce_prefix)` of the outer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layered_with_parts(
+        aek: &SecretBytes,
+        aek_id: &str,
+        infra: InfraKey<'_>,
+        identity: &ObjectIdentity,
+        plaintext_len: u64,
+        segment_log2: u8,
+        inner: (SecretBytes, [u8; 7]),
+        outer: (SecretBytes, [u8; 7]),
+    ) -> Result<(Self, Vec<u8>), CryptoError> {
+        let (dek, nonce_prefix) = inner;
+        let (key, outer_prefix) = outer;
+        let layout = Layout {
+            plaintext_len,
+            segment_log2,
+            nonce_prefix,
+        };
+        let outer = OuterParts {
+            infra,
+            key,
+            nonce_prefix: outer_prefix,
+        };
+        Self::build(aek, aek_id, identity, layout, dek, Some(outer))
     }
 
     /// As [`new`](Self::new) with a given DEK and nonce prefix (test vectors only).
@@ -186,6 +366,27 @@ impl ObjectEncryptor {
         dek: SecretBytes,
         nonce_prefix: [u8; 7],
     ) -> Result<(Self, Vec<u8>), CryptoError> {
+        let layout = Layout {
+            plaintext_len,
+            segment_log2,
+            nonce_prefix,
+        };
+        Self::build(aek, aek_id, identity, layout, dek, None)
+    }
+
+    fn build(
+        aek: &SecretBytes,
+        aek_id: &str,
+        identity: &ObjectIdentity,
+        layout: Layout,
+        dek: SecretBytes,
+        outer: Option<OuterParts<'_>>,
+    ) -> Result<(Self, Vec<u8>), CryptoError> {
+        let Layout {
+            plaintext_len,
+            segment_log2,
+            nonce_prefix,
+        } = layout;
         if aek.len() != 32
             || aek_id.is_empty()
             || aek_id.len() > 255
@@ -193,28 +394,52 @@ impl ObjectEncryptor {
         {
             return Err(CryptoError::InvalidKey);
         }
+        let outer_layer = match &outer {
+            Some(o) => {
+                if o.infra.key.len() != 32 || o.infra.id.is_empty() || o.infra.id.len() > 255 {
+                    return Err(CryptoError::InvalidKey);
+                }
+                Some(OuterLayer {
+                    nonce_prefix: o.nonce_prefix,
+                    key_id: o.infra.id.to_string(),
+                    wrapped_key: kw::wrap(o.infra.key.expose(), o.key.expose())
+                        .map_err(|_| CryptoError::Failed)?,
+                })
+            }
+            None => None,
+        };
         let header = Header {
             segment_log2,
             plaintext_len,
             nonce_prefix,
             aek_id: aek_id.to_string(),
             wrapped_dek: kw::wrap(aek.expose(), dek.expose()).map_err(|_| CryptoError::Failed)?,
+            outer: outer_layer,
         };
         if header.segment_count() > u32::MAX as u64 {
             return Err(CryptoError::Failed);
         }
         let bytes = header.encode();
         let segment = 1usize << segment_log2;
+        let outer = match outer {
+            Some(o) => Some(Outer {
+                key: outer_cipher(&o.key)?,
+                aad: aad_labelled(OUTER_AAD_LABEL, &bytes, identity)?,
+                prefix: o.nonce_prefix,
+            }),
+            None => None,
+        };
         Ok((
             Self {
                 key: dek_cipher(&dek)?,
                 aad: aad_base(&bytes, identity)?,
                 prefix: nonce_prefix,
+                outer,
                 segment,
                 total: plaintext_len,
                 consumed: 0,
                 index: 0,
-                buf: Vec::with_capacity(segment + TAG_LEN),
+                buf: Vec::with_capacity(segment + 2 * TAG_LEN),
             },
             bytes,
         ))
@@ -226,6 +451,12 @@ impl ObjectEncryptor {
         self.key
             .seal_in_place_append_tag(n, Aad::from(self.aad.as_slice()), &mut seg)
             .map_err(|_| CryptoError::Failed)?;
+        if let Some(o) = &self.outer {
+            let n = nonce(&o.prefix, self.index, last)?;
+            o.key
+                .seal_in_place_append_tag(n, Aad::from(o.aad.as_slice()), &mut seg)
+                .map_err(|_| CryptoError::Failed)?;
+        }
         out.extend_from_slice(&seg);
         seg.clear();
         self.buf = seg;
@@ -266,6 +497,7 @@ impl ObjectEncryptor {
 pub struct ObjectDecryptor {
     key: LessSafeKey,
     aad: Vec<u8>,
+    outer: Option<Outer>,
     pub header: Header,
     pub header_len: usize,
 }
@@ -273,17 +505,45 @@ pub struct ObjectDecryptor {
 impl ObjectDecryptor {
     /// Parse the header at the start of `object_start` and unwrap the DEK with the AEK the
     /// header names (the caller resolves `header.aek_id` to `aek` via [`Header::parse`]).
+    /// Version 1 only: a version-2 object needs [`open`](Self::open) with its infrastructure key.
     pub fn new(
         aek: &SecretBytes,
         header_bytes: &[u8],
         identity: &ObjectIdentity,
     ) -> Result<Self, CryptoError> {
+        Self::open(aek, None, header_bytes, identity)
+    }
+
+    /// Parse the header at the start of `header_bytes` (which may run on into the segments)
+    /// and unwrap the object's keys: the DEK with `aek`, and for a version-2 object the outer
+    /// key with `infra` (the key the header's `outer.key_id` names).
+    pub fn open(
+        aek: &SecretBytes,
+        infra: Option<&SecretBytes>,
+        header_bytes: &[u8],
+        identity: &ObjectIdentity,
+    ) -> Result<Self, CryptoError> {
         let (header, header_len) = Header::parse(header_bytes)?;
+        let head = &header_bytes[..header_len];
         let dek =
             kw::unwrap(aek.expose(), &header.wrapped_dek).map_err(|_| CryptoError::Decrypt)?;
+        let outer = match (&header.outer, infra) {
+            (None, _) => None,
+            (Some(_), None) => return Err(CryptoError::Decrypt),
+            (Some(o), Some(k)) => {
+                let key =
+                    kw::unwrap(k.expose(), &o.wrapped_key).map_err(|_| CryptoError::Decrypt)?;
+                Some(Outer {
+                    key: outer_cipher(&key)?,
+                    aad: aad_labelled(OUTER_AAD_LABEL, head, identity)?,
+                    prefix: o.nonce_prefix,
+                })
+            }
+        };
         Ok(Self {
             key: dek_cipher(&dek)?,
-            aad: aad_base(&header_bytes[..header_len], identity)?,
+            aad: aad_base(head, identity)?,
+            outer,
             header,
             header_len,
         })
@@ -291,17 +551,17 @@ impl ObjectDecryptor {
 
     /// Byte offset of segment `i` within the object.
     pub fn segment_offset(&self, i: u64) -> u64 {
-        self.header_len as u64 + i * (self.header.segment_size() + TAG_LEN as u64)
+        self.header_len as u64 + i * (self.header.segment_size() + self.header.overhead())
     }
 
-    /// Ciphertext length of segment `i` (tag included).
+    /// Ciphertext length of segment `i` (tags included).
     pub fn segment_len(&self, i: u64) -> u64 {
         let s = self.header.segment_size();
         let last = self.header.segment_count() - 1;
         if i < last {
-            s + TAG_LEN as u64
+            s + self.header.overhead()
         } else {
-            self.header.plaintext_len - last * s + TAG_LEN as u64
+            self.header.plaintext_len - last * s + self.header.overhead()
         }
     }
 
@@ -318,10 +578,19 @@ impl ObjectDecryptor {
         if i >= count || segment.len() as u64 != self.segment_len(i) {
             return Err(CryptoError::Decrypt);
         }
-        let n = nonce(&self.header.nonce_prefix, i, i == count - 1)
-            .map_err(|_| CryptoError::Decrypt)?;
+        let last = i == count - 1;
+        let inner = match &self.outer {
+            Some(o) => {
+                let n = nonce(&o.prefix, i, last).map_err(|_| CryptoError::Decrypt)?;
+                o.key
+                    .open_in_place(n, Aad::from(o.aad.as_slice()), segment)
+                    .map_err(|_| CryptoError::Decrypt)?
+            }
+            None => segment,
+        };
+        let n = nonce(&self.header.nonce_prefix, i, last).map_err(|_| CryptoError::Decrypt)?;
         self.key
-            .open_in_place(n, Aad::from(self.aad.as_slice()), segment)
+            .open_in_place(n, Aad::from(self.aad.as_slice()), inner)
             .map(|p| &*p)
             .map_err(|_| CryptoError::Decrypt)
     }
@@ -347,8 +616,17 @@ mod tests {
         log2: u8,
         chunk: usize,
     ) -> Vec<u8> {
-        let (mut e, mut out) = ObjectEncryptor::new(aek, "aek-1", id, data.len() as u64, log2)
-            .unwrap_or_else(|_| unreachable!());
+        let started = ObjectEncryptor::new(aek, "aek-1", id, data.len() as u64, log2);
+        feed(started, data, chunk)
+    }
+
+    /// Feed `data` in chunks to a started encryptor; the whole object.
+    fn feed(
+        started: Result<(ObjectEncryptor, Vec<u8>), CryptoError>,
+        data: &[u8],
+        chunk: usize,
+    ) -> Vec<u8> {
+        let (mut e, mut out) = started.unwrap_or_else(|_| unreachable!());
         for c in data.chunks(chunk.max(1)) {
             e.update(c, &mut out).unwrap_or_else(|_| unreachable!());
         }
@@ -364,18 +642,7 @@ mod tests {
         id: &ObjectIdentity,
         obj: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let d = ObjectDecryptor::new(aek, obj, id)?;
-        let mut out = Vec::new();
-        let count = d.header.segment_count();
-        if obj.len() as u64 != d.segment_offset(count - 1) + d.segment_len(count - 1) {
-            return Err(CryptoError::Decrypt);
-        }
-        for i in 0..count {
-            let off = d.segment_offset(i) as usize;
-            let mut seg = obj[off..off + d.segment_len(i) as usize].to_vec();
-            out.extend_from_slice(d.open_segment(i, &mut seg)?);
-        }
-        Ok(out)
+        decrypt_layered(aek, None, id, obj)
     }
 
     #[test]
@@ -464,35 +731,141 @@ mod tests {
         assert!(e.finish(&mut out).is_err());
     }
 
-    /// Frozen test vectors: `testdata/object-v1.json`.
+    fn encrypt_layered(
+        aek: &SecretBytes,
+        infra: &SecretBytes,
+        id: &ObjectIdentity,
+        data: &[u8],
+        log2: u8,
+        chunk: usize,
+    ) -> Vec<u8> {
+        let started = ObjectEncryptor::layered(
+            aek,
+            "aek-1",
+            InfraKey {
+                key: infra,
+                id: "platform/infrastructure/1",
+            },
+            id,
+            data.len() as u64,
+            log2,
+        );
+        feed(started, data, chunk)
+    }
+
+    fn decrypt_layered(
+        aek: &SecretBytes,
+        infra: Option<&SecretBytes>,
+        id: &ObjectIdentity,
+        obj: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let d = ObjectDecryptor::open(aek, infra, obj, id)?;
+        let mut out = Vec::new();
+        let count = d.header.segment_count();
+        if obj.len() as u64 != d.segment_offset(count - 1) + d.segment_len(count - 1) {
+            return Err(CryptoError::Decrypt);
+        }
+        for i in 0..count {
+            let off = d.segment_offset(i) as usize;
+            let mut seg = obj[off..off + d.segment_len(i) as usize].to_vec();
+            out.extend_from_slice(d.open_segment(i, &mut seg)?);
+        }
+        Ok(out)
+    }
+
     #[test]
-    fn known_answer_vectors() {
-        let text = include_str!("../testdata/object-v1.json");
+    fn layered_objects_round_trip_with_two_tags_per_segment() {
+        let aek = SecretBytes::new(vec![3u8; 32]);
+        let infra = SecretBytes::new(vec![9u8; 32]);
+        let id = ident("b");
+        for len in [0usize, 1, 4095, 4096, 4097, 10_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let single = encrypt(&aek, &id, &data, 12, 1000);
+            let double = encrypt_layered(&aek, &infra, &id, &data, 12, 1000);
+            let (h1, l1) = Header::parse(&single).unwrap_or_else(|_| unreachable!());
+            let (h2, l2) = Header::parse(&double).unwrap_or_else(|_| unreachable!());
+            assert_eq!((h1.version(), h2.version()), (VERSION, VERSION_LAYERED));
+            assert_eq!(single[4], 1);
+            assert_eq!(double[4], 2);
+            let outer = h2.outer.clone().unwrap_or_else(|| unreachable!());
+            assert_eq!(outer.key_id, "platform/infrastructure/1");
+            assert_eq!(l2, l1 + 1 + 7 + 1 + outer.key_id.len() + 1 + 40);
+            let segs = h1.segment_count() as usize;
+            assert_eq!(single.len(), l1 + len + 16 * segs);
+            assert_eq!(double.len(), l2 + len + 32 * segs);
+            assert_eq!(
+                decrypt_layered(&aek, Some(&infra), &id, &double).ok(),
+                Some(data.clone()),
+                "len {len}"
+            );
+            // A version-1 object still reads, with or without an infrastructure key.
+            assert_eq!(decrypt_all(&aek, &id, &single).ok(), Some(data.clone()));
+            assert_eq!(
+                decrypt_layered(&aek, Some(&infra), &id, &single).ok(),
+                Some(data.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn layered_objects_need_both_keys_and_detect_tampering() {
+        let aek = SecretBytes::new(vec![3u8; 32]);
+        let infra = SecretBytes::new(vec![9u8; 32]);
+        let id = ident("b");
+        let data = vec![0x42u8; 3 * 4096 + 10];
+        let obj = encrypt_layered(&aek, &infra, &id, &data, 12, 1000);
+        assert!(decrypt_layered(&aek, None, &id, &obj).is_err());
+        assert!(decrypt_layered(&aek, Some(&SecretBytes::new(vec![8u8; 32])), &id, &obj).is_err());
+        assert!(
+            decrypt_layered(&SecretBytes::new(vec![4u8; 32]), Some(&infra), &id, &obj).is_err()
+        );
+        assert!(decrypt_layered(&aek, Some(&infra), &ident("other"), &obj).is_err());
+        for i in (0..obj.len()).step_by(89) {
+            let mut t = obj.clone();
+            t[i] ^= 0x01;
+            assert!(
+                decrypt_layered(&aek, Some(&infra), &id, &t).is_err(),
+                "byte {i}"
+            );
+        }
+        // Claiming version 1 (dropping the outer layer from the header) fails.
+        let mut t = obj.clone();
+        t[4] = VERSION;
+        assert!(decrypt_layered(&aek, Some(&infra), &id, &t).is_err());
+        // No plaintext run survives in either layer.
+        assert!(!obj.windows(32).any(|w| w == &data[..32]));
+    }
+
+    fn hx(c: &serde_json::Value, k: &str) -> Vec<u8> {
+        hex::decode(c[k].as_str().unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn p7(c: &serde_json::Value, k: &str) -> [u8; 7] {
+        hx(c, k).try_into().unwrap_or_default()
+    }
+
+    type Started = Result<(ObjectEncryptor, Vec<u8>), CryptoError>;
+
+    /// Check every vector of a test-vector file: `start` begins the object from the vector's
+    /// keys, `open` decrypts the result again.
+    fn run_vectors(
+        text: &str,
+        start: impl Fn(&serde_json::Value, &ObjectIdentity, u64) -> Started,
+        open: impl Fn(&serde_json::Value, &ObjectIdentity, &[u8]) -> Option<Vec<u8>>,
+    ) {
         let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         let cases = v["vectors"].as_array().cloned().unwrap_or_default();
         assert!(!cases.is_empty());
         for c in cases {
-            let h = |k: &str| hex::decode(c[k].as_str().unwrap_or_default()).unwrap_or_default();
             let id = ObjectIdentity {
                 account: c["account"].as_str().unwrap_or_default().into(),
                 container: c["container"].as_str().unwrap_or_default().into(),
                 blob: c["blob"].as_str().unwrap_or_default().into(),
                 object_id: c["object_id"].as_str().unwrap_or_default().into(),
             };
-            let aek = SecretBytes::new(h("aek"));
-            let plain = h("plaintext");
-            let prefix: [u8; 7] = h("nonce_prefix").try_into().unwrap_or_default();
-            let log2 = c["segment_log2"].as_u64().unwrap_or(12) as u8;
-            let (mut e, mut out) = ObjectEncryptor::with_parts(
-                &aek,
-                c["aek_id"].as_str().unwrap_or_default(),
-                &id,
-                plain.len() as u64,
-                log2,
-                SecretBytes::new(h("dek")),
-                prefix,
-            )
-            .unwrap_or_else(|_| unreachable!());
+            let plain = hx(&c, "plaintext");
+            let (mut e, mut out) =
+                start(&c, &id, plain.len() as u64).unwrap_or_else(|_| unreachable!());
             e.update(&plain, &mut out)
                 .unwrap_or_else(|_| unreachable!());
             e.finish(&mut out).unwrap_or_else(|_| unreachable!());
@@ -502,7 +875,63 @@ mod tests {
                 "{}",
                 c["name"]
             );
-            assert_eq!(decrypt_all(&aek, &id, &out).ok(), Some(plain));
+            assert_eq!(open(&c, &id, &out), Some(plain));
         }
+    }
+
+    fn log2_of(c: &serde_json::Value) -> u8 {
+        c["segment_log2"].as_u64().unwrap_or(12) as u8
+    }
+
+    /// Version-2 test vectors from an independent generator (`testdata/gen_object_v2.py`).
+    #[test]
+    fn known_answer_vectors_v2() {
+        run_vectors(
+            include_str!("../testdata/object-v2.json"),
+            |c, id, len| {
+                let infra = SecretBytes::new(hx(c, "infra_key"));
+                ObjectEncryptor::layered_with_parts(
+                    &SecretBytes::new(hx(c, "aek")),
+                    c["aek_id"].as_str().unwrap_or_default(),
+                    InfraKey {
+                        key: &infra,
+                        id: c["infra_key_id"].as_str().unwrap_or_default(),
+                    },
+                    id,
+                    len,
+                    log2_of(c),
+                    (SecretBytes::new(hx(c, "dek")), p7(c, "nonce_prefix")),
+                    (
+                        SecretBytes::new(hx(c, "outer_key")),
+                        p7(c, "outer_nonce_prefix"),
+                    ),
+                )
+            },
+            |c, id, obj| {
+                let (aek, infra) = (hx(c, "aek"), hx(c, "infra_key"));
+                let infra = SecretBytes::new(infra);
+                decrypt_layered(&SecretBytes::new(aek), Some(&infra), id, obj).ok()
+            },
+        );
+    }
+
+    /// Frozen test vectors: `testdata/object-v1.json` (`testdata/gen_object_v1.py`).
+    #[test]
+    fn known_answer_vectors() {
+        run_vectors(
+            include_str!("../testdata/object-v1.json"),
+            |c, id, len| {
+                ObjectEncryptor::with_parts(
+                    &SecretBytes::new(hx(c, "aek")),
+                    c["aek_id"].as_str().unwrap_or_default(),
+                    id,
+                    len,
+                    log2_of(c),
+                    SecretBytes::new(hx(c, "dek")),
+                    p7(c, "nonce_prefix"),
+                )
+            },
+            |c, id, obj| decrypt_all(&SecretBytes::new(hx(c, "aek")), id, obj).ok(),
+        );
     }
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use coffer_crypto::aead::SealingKey;
 use coffer_crypto::b64;
 use coffer_crypto::object::{
-    DEFAULT_SEGMENT_LOG2, ObjectDecryptor, ObjectEncryptor, ObjectIdentity, TAG_LEN,
+    DEFAULT_SEGMENT_LOG2, InfraKey, MAX_HEADER_LEN, ObjectDecryptor, ObjectEncryptor,
+    ObjectIdentity, TAG_LEN,
 };
 use coffer_secret::SecretBytes;
 
@@ -210,6 +211,8 @@ struct PartReader {
 pub struct BlobReader {
     bytes: Arc<dyn ByteStore>,
     aek: SecretBytes,
+    /// The outer layer's key of double-encrypted (version 2) objects.
+    infra: SecretBytes,
     account: String,
     container: String,
     blob: String,
@@ -229,19 +232,15 @@ impl BlobReader {
             blob: self.blob.clone(),
             object_id: part.object_id.clone(),
         };
-        // Header: 24 fixed bytes up to the AEK id length, the id (at most 255 bytes), its
-        // wrapped-DEK length byte and the 40-byte wrapped DEK (docs/design/blob-format.md),
-        // read in one call.
+        // The header (its length depends on the version and the key ids; at most
+        // MAX_HEADER_LEN bytes, docs/design/blob-format.md), read in one call.
         let prefix = self
             .bytes
-            .read_prefix(&part.object_id, 24 + 255 + 1 + 40)
+            .read_prefix(&part.object_id, MAX_HEADER_LEN as u64)
             .await?;
-        let short = || DomainError::Internal("a stored blob header is truncated".into());
-        let header_len = 24 + usize::from(*prefix.get(23).ok_or_else(short)?) + 1 + 40;
-        let head = prefix.get(..header_len).ok_or_else(short)?;
-        let dec = ObjectDecryptor::new(&self.aek, head, &identity).map_err(|_| {
-            DomainError::Internal("a stored blob header failed authentication".into())
-        })?;
+        let dec = ObjectDecryptor::open(&self.aek, Some(&self.infra), &prefix, &identity).map_err(
+            |_| DomainError::Internal("a stored blob header failed authentication".into()),
+        )?;
         if dec.header.plaintext_len != part.size {
             return Err(DomainError::Internal("stored part size mismatch".into()));
         }
@@ -475,7 +474,9 @@ impl BlobService {
         validate_container_name(name)?;
         let default_scope = match default_scope {
             Some(s) => {
-                self.mgmt.scope_key(&acct.name, s).await?;
+                self.mgmt
+                    .scope_key(&acct.name, s, &acct.correlation)
+                    .await?;
                 Some(s.to_string())
             }
             None if deny_scope_override => {
@@ -524,8 +525,13 @@ impl BlobService {
         let Some(name) = requested.map(str::to_string).or(default) else {
             return Ok(None);
         };
-        let (key, aek_id) = self.mgmt.scope_key(&acct.name, &name).await?;
-        Ok(Some(crate::mgmt::ScopeKey { name, key, aek_id }))
+        let mut scope = self
+            .mgmt
+            .scope_key(&acct.name, &name, &acct.correlation)
+            .await?;
+        // The name as the request (or the container's default) spells it.
+        scope.name = name;
+        Ok(Some(scope))
     }
 
     pub async fn get_container(
@@ -757,7 +763,9 @@ impl BlobService {
         check_cpk(&rec, acct)?;
         if let Some(scope) = &rec.scope {
             // A disabled scope refuses every request on its blobs.
-            self.mgmt.scope_key(&acct.name, scope).await?;
+            self.mgmt
+                .scope_key(&acct.name, scope, &acct.correlation)
+                .await?;
         }
         Ok(rec)
     }
@@ -780,10 +788,16 @@ impl BlobService {
             return Err(DomainError::Internal("stored blob size mismatch".into()));
         }
         let aek = match &rec.scope {
-            Some(scope) => self.mgmt.scope_key(&acct.name, scope).await?.0,
+            Some(scope) => {
+                self.mgmt
+                    .scope_key(&acct.name, scope, &acct.correlation)
+                    .await?
+                    .key
+            }
             None => acct.aek()?.duplicate(),
         };
         Ok(BlobReader {
+            infra: self.mgmt.infrastructure_key()?.0,
             bytes: self.bytes_for(&rec.region)?,
             aek,
             account: rec.account.clone(),
@@ -825,11 +839,27 @@ impl BlobService {
             Some(s) => (&s.key, &s.aek_id),
             None => (acct.aek()?, &acct.aek_id),
         };
-        let (mut enc, header) =
-            ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?;
+        // Infrastructure encryption (the account's or the scope's): a second layer under the
+        // infrastructure key (object format v2).
+        let (mut enc, header) = if acct.infra || acct.scope.as_ref().is_some_and(|s| s.infra) {
+            let (infra, infra_id) = self.mgmt.infrastructure_key()?;
+            ObjectEncryptor::layered(
+                wrap_key,
+                wrap_id,
+                InfraKey {
+                    key: &infra,
+                    id: infra_id,
+                },
+                &identity,
+                len,
+                DEFAULT_SEGMENT_LOG2,
+            )?
+        } else {
+            ObjectEncryptor::new(wrap_key, wrap_id, &identity, len, DEFAULT_SEGMENT_LOG2)?
+        };
         let mut writer = bytes.create(&object_id).await?;
         writer.write(&header).await?;
-        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + TAG_LEN);
+        let mut out = Vec::with_capacity((1 << DEFAULT_SEGMENT_LOG2) + 2 * TAG_LEN);
         let mut seen: u64 = 0;
         while let Some(chunk) = body.next_chunk().await? {
             seen += chunk.len() as u64;
@@ -1112,7 +1142,9 @@ impl BlobService {
             check_cpk(&rec, acct)?;
         }
         if let Some(scope) = &rec.scope {
-            self.mgmt.scope_key(&acct.name, scope).await?;
+            self.mgmt
+                .scope_key(&acct.name, scope, &acct.correlation)
+                .await?;
         }
         change(&mut rec)?;
         rec.etag = self.etag()?;
@@ -1190,11 +1222,14 @@ impl BlobService {
 
     /// Copy Blob within the account, synchronously: the bytes are decrypted and re-encrypted
     /// (a blob's identity is bound into its ciphertext, so bytes cannot move as they are).
+    /// The source is read as `src_acct` (the account, or with the source's customer-provided
+    /// key), the destination written as `acct` (its key, scope or customer-provided key).
     /// Metadata: `meta` when given, else the source's.
     #[allow(clippy::too_many_arguments)]
     pub async fn copy_blob(
         &self,
         auth: &BlobAuth,
+        src_acct: &BlobAccount,
         acct: &BlobAccount,
         src_container: &str,
         src_name: &str,
@@ -1203,7 +1238,7 @@ impl BlobService {
         meta: Option<&[(String, String)]>,
     ) -> Result<BlobRecord> {
         let src = self
-            .get_blob_record(auth, acct, src_container, src_name)
+            .get_blob_record(auth, src_acct, src_container, src_name)
             .await?;
         self.authorize(
             auth,
@@ -1224,7 +1259,9 @@ impl BlobService {
         }
         let meta_vec = match meta {
             Some(m) => m.to_vec(),
-            None => Self::open_metadata(acct, src_container, src_name, src.metadata.as_deref())?,
+            None => {
+                Self::open_metadata(src_acct, src_container, src_name, src.metadata.as_deref())?
+            }
         };
         struct ReaderSource(BlobReader);
         #[async_trait]
@@ -1233,7 +1270,7 @@ impl BlobService {
                 self.0.next_chunk().await
             }
         }
-        let mut source = ReaderSource(self.read(acct, &src, 0, src.size).await?);
+        let mut source = ReaderSource(self.read(src_acct, &src, 0, src.size).await?);
         let (part, _) = self
             .write_object(
                 acct,

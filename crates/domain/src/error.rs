@@ -75,6 +75,12 @@ pub enum DomainError {
     /// A customer-managed key configuration that cannot be used (ARM: 400 with `code`).
     #[error("{message}")]
     CmkInvalid { code: &'static str, message: String },
+    /// A property that is chosen at creation and cannot change afterwards (ARM: 400
+    /// `AccountPropertyCannotBeUpdated`, Azure's code and message).
+    #[error(
+        "The property '{0}' was specified in the input, but it cannot be updated as it is read-only."
+    )]
+    PropertyCannotChange(&'static str),
     /// The encryption scope of a blob is disabled: 403 on the blob plane.
     #[error("The encryption scope '{0}' is disabled.")]
     ScopeDisabled(String),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use coffer_crypto::aead::SealingKey;
+use coffer_secret::SecretBytes;
 use serde_json::{Map, Value, json};
 
 use crate::clock::{Clock, rfc3339};
@@ -52,6 +53,8 @@ pub struct MgmtService {
     events: std::sync::OnceLock<Arc<crate::events::EventService>>,
     /// HMAC key for customer-provided key hashes (derived from the root key once).
     cpk_hash_key: std::sync::OnceLock<aws_lc_rs::hmac::Key>,
+    /// The infrastructure key (derived from the root key once; see `infrastructure_key`).
+    infra_key: std::sync::OnceLock<SecretBytes>,
 }
 
 /// Outcome of a PUT: the resource body and whether it was created (201) or updated (200).
@@ -188,6 +191,7 @@ impl MgmtService {
             cmk: cmk::CmkState::new(vaults, changes, cmk_config),
             events: std::sync::OnceLock::new(),
             cpk_hash_key: std::sync::OnceLock::new(),
+            infra_key: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,12 +1,15 @@
-//! Storage accounts under customer-managed keys: enabling (with the storage resource
-//! provider's checks), switching back, the in-memory AEK cache, pick-up of new key versions,
-//! and the health every account reports.
+//! Storage accounts and encryption scopes under customer-managed keys: enabling (with the
+//! storage resource provider's checks), switching back, the in-memory AEK cache, pick-up of new
+//! key versions, and the health every one reports.
 //!
-//! The account body keeps the AEK in `_aek` either sealed under the root key
-//! (`keySource: Microsoft.Storage`) or *only* wrapped by a customer key version
-//! (`keySource: Microsoft.Keyvault`, fields `wrapped`, `kid`, `principal`). The unwrapped AEK
-//! lives in memory only, for at most the cache TTL, and is revalidated after any change that
-//! may affect it when the vault is in-process (see [`crate::cmk::Changes`]).
+//! An account body and a scope body (each a *holder*, see [`Holder`]) keep their AEK in `_aek`
+//! either sealed under the root key (`keySource: Microsoft.Storage`) or *only* wrapped by a
+//! customer key version (`keySource: Microsoft.Keyvault`, fields `wrapped`, `kid`,
+//! `principal`). The unwrapped AEK lives in memory only, for at most the cache TTL, and is
+//! revalidated after any change that may affect it when the vault is in-process (see
+//! [`crate::cmk::Changes`]). Holders differ only in where the key is configured and reported
+//! (`properties.encryption.keyvaultproperties` of an account, `properties.keyVaultProperties`
+//! of a scope) and in the associated data of the platform seal.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +18,7 @@ use coffer_crypto::b64;
 use coffer_secret::SecretBytes;
 use serde_json::{Map, Value, json};
 
+use super::scopes::{SCOPE_TYPE, scope_aad};
 use super::storage::{STORAGE_TYPE, aek_aad};
 use super::{Body, MgmtService};
 use crate::clock::rfc3339;
@@ -53,7 +57,8 @@ struct CachedAek {
     at: i64,
 }
 
-/// CMK counters since start, and each observed account's status.
+/// CMK counters since start, and each observed holder's status (by account name, or
+/// `{account}/{scope}` for an encryption scope).
 pub struct CmkStats {
     pub hits: u64,
     pub misses: u64,
@@ -107,7 +112,7 @@ impl CmkState {
     }
 }
 
-/// The CMK fields of an account body.
+/// The CMK fields of an account or scope body.
 struct CmkRecord {
     /// The key as configured (no version: follows new versions).
     configured: KeyRef,
@@ -131,11 +136,115 @@ fn invalid(code: &'static str, message: impl Into<String>) -> DomainError {
     }
 }
 
-fn unavailable(f: &CmkFailure) -> DomainError {
+/// What an AEK belongs to: a storage account, or one of its encryption scopes.
+pub(super) struct Holder {
+    /// The key of the cache, health and call counters: the account name, or
+    /// `{account}/{scope}` (account names have no `/`).
+    key: String,
+    account: String,
+    account_id: String,
+    scope: Option<String>,
+}
+
+impl Holder {
+    pub(super) fn of(body: &Value) -> Holder {
+        let id = body["id"].as_str().unwrap_or_default();
+        let name = body["name"].as_str().unwrap_or_default().to_string();
+        let is_scope = body["type"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case(SCOPE_TYPE));
+        if !is_scope {
+            return Holder {
+                key: name.clone(),
+                account: name,
+                account_id: id.to_string(),
+                scope: None,
+            };
+        }
+        let cut = id
+            .to_ascii_lowercase()
+            .find("/encryptionscopes/")
+            .unwrap_or(id.len());
+        let account_id = id.get(..cut).unwrap_or_default().to_string();
+        let account = account_id
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Holder {
+            key: format!("{account}/{name}"),
+            account,
+            account_id,
+            scope: Some(name),
+        }
+    }
+
+    /// Where the key is configured and its current version reported.
+    fn kvp(&self, body: &Value) -> Value {
+        match self.scope {
+            None => body["properties"]["encryption"]["keyvaultproperties"].clone(),
+            Some(_) => body["properties"]["keyVaultProperties"].clone(),
+        }
+    }
+
+    fn kvp_mut<'a>(&self, body: &'a mut Value) -> &'a mut Value {
+        match self.scope {
+            None => &mut body["properties"]["encryption"]["keyvaultproperties"],
+            Some(_) => &mut body["properties"]["keyVaultProperties"],
+        }
+    }
+
+    /// The key as configured (an account: vault URI, name, optional version; a scope: a key URI).
+    fn configured(&self, body: &Value) -> std::result::Result<KeyRef, String> {
+        let kvp = self.kvp(body);
+        match self.scope {
+            None => KeyRef::from_parts(
+                kvp["keyvaulturi"].as_str().unwrap_or_default(),
+                kvp["keyname"].as_str(),
+                kvp["keyversion"].as_str(),
+            ),
+            Some(_) => KeyRef::from_key_uri(kvp["keyUri"].as_str().unwrap_or_default()),
+        }
+    }
+
+    /// The associated data of the AEK sealed under the root key (platform key).
+    fn seal_aad(&self, version: u64) -> Vec<u8> {
+        match &self.scope {
+            None => aek_aad(&self.account, version),
+            Some(s) => scope_aad(&self.account, s, version),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.scope {
+            None => "this storage account".into(),
+            Some(s) => format!("the encryption scope '{s}'"),
+        }
+    }
+
+    /// The event and view fields naming the holder.
+    fn ids(&self) -> Value {
+        let mut v = json!({"storageAccountId": self.account_id});
+        if let Some(s) = &self.scope {
+            v["encryptionScope"] = json!(s);
+        }
+        v
+    }
+
+    fn with_ids(&self, mut v: Value) -> Value {
+        if let (Some(m), Value::Object(ids)) = (v.as_object_mut(), self.ids()) {
+            m.extend(ids);
+        }
+        v
+    }
+}
+
+fn unavailable(h: &Holder, f: &CmkFailure) -> DomainError {
     DomainError::CmkUnavailable {
         code: f.status.blob_error_code(),
         message: format!(
-            "The customer-managed key of this storage account cannot be used ({}): {}",
+            "The customer-managed key of {} cannot be used ({}): {}",
+            h.describe(),
             f.status.as_str(),
             f.message
         ),
@@ -144,14 +253,8 @@ fn unavailable(f: &CmkFailure) -> DomainError {
 
 fn record(body: &Value) -> Result<CmkRecord> {
     let a = &body["_aek"];
-    let kvp = &body["properties"]["encryption"]["keyvaultproperties"];
     let corrupt = || DomainError::Internal("customer-managed key record".into());
-    let configured = KeyRef::from_parts(
-        kvp["keyvaulturi"].as_str().unwrap_or_default(),
-        kvp["keyname"].as_str(),
-        kvp["keyversion"].as_str(),
-    )
-    .map_err(|_| corrupt())?;
+    let configured = Holder::of(body).configured(body).map_err(|_| corrupt())?;
     let current =
         KeyRef::from_key_uri(a["kid"].as_str().unwrap_or_default()).map_err(|_| corrupt())?;
     Ok(CmkRecord {
@@ -257,12 +360,12 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// An account body being changed by a management write, as a resource (its id, name and
-/// body are what the key functions read).
+/// An account or scope body being changed by a management write, as a resource (its id, name
+/// and body are what the key functions read).
 fn in_flight(body: &Value) -> Resource {
     Resource {
         id: body["id"].as_str().unwrap_or_default().to_string(),
-        resource_type: STORAGE_TYPE.into(),
+        resource_type: body["type"].as_str().unwrap_or(STORAGE_TYPE).into(),
         subscription_id: String::new(),
         resource_group: None,
         name: body["name"].as_str().unwrap_or_default().to_string(),
@@ -271,24 +374,54 @@ fn in_flight(body: &Value) -> Resource {
     }
 }
 
+/// The principal a holder of the account `account` (its body) reaches the vault as: the
+/// user-assigned identity `uai`, which must be assigned to the account, else the account's
+/// system-assigned identity.
+pub(super) fn cmk_principal(account: &Value, uai: Option<&str>) -> Result<String> {
+    match uai {
+        Some(id) => account["identity"]["userAssignedIdentities"]
+            .as_object()
+            .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(id)))
+            .and_then(|(_, v)| v["principalId"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                invalid(
+                    "KeyVaultAuthenticationFailure",
+                    format!(
+                        "The user-assigned identity '{}' named in encryption.identity is not assigned to the storage account; add it to identity.userAssignedIdentities.",
+                        id.chars().take(300).collect::<String>()
+                    ),
+                )
+            }),
+        None => account["identity"]["principalId"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                invalid(
+                    "KeyVaultAuthenticationFailure",
+                    "The storage account has no managed identity to reach the key vault with: give it a system-assigned identity (identity.type SystemAssigned) or name a user-assigned one in encryption.identity.userAssignedIdentity.",
+                )
+            }),
+    }
+}
+
 fn norm_region(r: &str) -> String {
     r.replace(' ', "").to_ascii_lowercase()
 }
 
 impl MgmtService {
-    #[allow(clippy::too_many_arguments)]
     fn cmk_health_put(
         &self,
-        account_id: &str,
-        account: &str,
+        h: &Holder,
+        resource_id: &str,
         status: CmkStatus,
         message: String,
         key_version: &str,
         unwrapped: bool,
     ) {
         let now = self.clock.now();
-        if let Ok(mut h) = self.cmk.health.lock() {
-            let before = h.get(account).map(|x| x.status);
+        if let Ok(mut map) = self.cmk.health.lock() {
+            let before = map.get(&h.key).map(|x| x.status);
             let changed = match before {
                 Some(b) => b != status,
                 None => status != CmkStatus::Healthy,
@@ -296,20 +429,19 @@ impl MgmtService {
             if changed && let Some(ev) = self.events.get() {
                 ev.emit(crate::events::Event {
                     event_type: crate::events::CMK_STATUS_CHANGED,
-                    source: account_id.to_string(),
-                    subject: account.to_string(),
-                    data: json!({
-                        "storageAccountId": account_id,
+                    source: resource_id.to_string(),
+                    subject: h.key.clone(),
+                    data: h.with_ids(json!({
                         "oldStatus": before.map(CmkStatus::as_str),
                         "newStatus": status.as_str(),
                         "keyVersion": key_version,
                         "message": message,
-                    }),
+                    })),
                 });
             }
-            let prev = h.get(account).and_then(|x| x.last_unwrap);
-            h.insert(
-                account.to_string(),
+            let prev = map.get(&h.key).and_then(|x| x.last_unwrap);
+            map.insert(
+                h.key.clone(),
                 CmkHealth {
                     status,
                     message,
@@ -321,28 +453,45 @@ impl MgmtService {
         }
     }
 
-    fn cmk_count(&self, account: &str) {
+    fn cmk_count(&self, key: &str) {
         self.cmk
             .vault_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut c) = self.cmk.calls.lock() {
-            *c.entry(account.to_string()).or_insert(0) += 1;
+            *c.entry(key.to_string()).or_insert(0) += 1;
         }
     }
 
-    fn cmk_forget(&self, account: &str) {
+    fn cmk_forget(&self, key: &str) {
         if let Ok(mut c) = self.cmk.cache.lock() {
-            c.remove(account);
+            c.remove(key);
         }
     }
 
+    /// Forget everything held in memory for an account and its encryption scopes.
     pub(super) fn cmk_drop_account(&self, account: &str) {
-        self.cmk_forget(account);
+        let prefix = format!("{account}/");
+        let mine = |k: &String| k == account || k.starts_with(&prefix);
+        if let Ok(mut c) = self.cmk.cache.lock() {
+            c.retain(|k, _| !mine(k));
+        }
         if let Ok(mut c) = self.cmk.calls.lock() {
-            c.remove(account);
+            c.retain(|k, _| !mine(k));
         }
         if let Ok(mut h) = self.cmk.health.lock() {
-            h.remove(account);
+            h.retain(|k, _| !mine(k));
+        }
+    }
+
+    /// Forget what is held in memory for one holder (an account or a scope body).
+    fn cmk_drop(&self, body: &Value) {
+        let key = Holder::of(body).key;
+        self.cmk_forget(&key);
+        if let Ok(mut c) = self.cmk.calls.lock() {
+            c.remove(&key);
+        }
+        if let Ok(mut h) = self.cmk.health.lock() {
+            h.remove(&key);
         }
     }
 
@@ -350,16 +499,17 @@ impl MgmtService {
     fn cmk_cached(&self, r: &Resource, rec: &CmkRecord) -> Option<SecretBytes> {
         let generation = self.cmk.changes.current();
         let event_driven = self.cmk.vaults.publishes_changes(&rec.current);
+        let key = Holder::of(&r.body).key;
         let c = self.cmk.cache.lock().ok()?;
-        let e = c.get(&r.name)?;
+        let e = c.get(&key)?;
         let fresh = e.wrapped == rec.wrapped_b64
             && self.clock.now() - e.at < secs(self.cmk.config.cache_ttl)
             && (!event_driven || e.generation == generation);
         fresh.then(|| SecretBytes::new(e.aek.expose().to_vec()))
     }
 
-    /// The unwrapped AEK of a CMK account: from the cache, or from the vault (picking up a new
-    /// key version on the way when the account follows the versionless key).
+    /// The unwrapped AEK of a CMK holder: from the cache, or from the vault (picking up a new
+    /// key version on the way when the holder follows the versionless key).
     async fn cmk_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
         use std::sync::atomic::Ordering::Relaxed;
         let rec = record(&r.body)?;
@@ -375,7 +525,7 @@ impl MgmtService {
                 .get_resource(&r.id)
                 .await?
                 .ok_or_else(|| DomainError::ResourceNotFound {
-                    resource_type: STORAGE_TYPE.into(),
+                    resource_type: r.resource_type.clone(),
                     name: r.name.clone(),
                 })?;
         if !is_cmk(&r.body) {
@@ -389,15 +539,16 @@ impl MgmtService {
     }
 
     fn cmk_fail(&self, r: &Resource, f: CmkFailure, version: &str) -> DomainError {
-        tracing::warn!(account = %r.name, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
-        self.cmk_forget(&r.name);
-        self.cmk_health_put(&r.id, &r.name, f.status, f.message.clone(), version, false);
-        unavailable(&f)
+        let h = Holder::of(&r.body);
+        tracing::warn!(holder = %h.key, status = f.status.as_str(), message = %f.message, "customer-managed key unavailable");
+        self.cmk_forget(&h.key);
+        self.cmk_health_put(&h, &r.id, f.status, f.message.clone(), version, false);
+        unavailable(&h, &f)
     }
 
-    /// Ask the vault for the account's key (the current version when the account follows
+    /// Ask the vault for the holder's key (the current version when the holder follows
     /// new versions, whose pick-up happens here: unwrap with the old version, wrap with the
-    /// new, store). Pinned accounts are only asked when `check_pinned`. Returns the record as
+    /// new, store). Pinned holders are only asked when `check_pinned`. Returns the record as
     /// it now stands.
     async fn cmk_pickup(
         &self,
@@ -409,13 +560,14 @@ impl MgmtService {
         if rec.configured.version.is_some() && !check_pinned {
             return Ok(rec);
         }
+        let key = Holder::of(&r.body).key;
         let vaults = self.cmk.vaults.clone();
         let call = Call {
             principal: &rec.principal.clone(),
             correlation: corr,
         };
         let current_version = rec.current.version.clone().unwrap_or_default();
-        self.cmk_count(&r.name);
+        self.cmk_count(&key);
         let info = vaults
             .get_key(&call, &rec.configured)
             .await
@@ -426,8 +578,8 @@ impl MgmtService {
         {
             let wrapped = b64::std_decode(&rec.wrapped_b64)
                 .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
-            self.cmk_count(&r.name);
-            self.cmk_count(&r.name);
+            self.cmk_count(&key);
+            self.cmk_count(&key);
             let plain = vaults
                 .unwrap(&call, &rec.current, &wrapped)
                 .await
@@ -442,7 +594,7 @@ impl MgmtService {
                 .cmk_persist_rotation(r, &rec, &next, &rewrapped, &info)
                 .await?
             {
-                tracing::info!(account = %r.name, kid = %next.kid(&info.version), "picked up a new customer-managed key version");
+                tracing::info!(holder = %key, kid = %next.kid(&info.version), "picked up a new customer-managed key version");
                 rec.current = next;
                 rec.wrapped_b64 = b64::std_encode(&rewrapped);
             }
@@ -454,13 +606,14 @@ impl MgmtService {
     /// request `corr`) and cache the AEK.
     async fn cmk_refresh(&self, r: &Resource, rec: CmkRecord, corr: &str) -> Result<SecretBytes> {
         let rec = self.cmk_pickup(r, rec, corr, false).await?;
+        let h = Holder::of(&r.body);
         // Read after any pick-up (its own write bumps the feed) and before the unwrap that
         // proves access: a change after this point invalidates the entry.
         let generation = self.cmk.changes.current();
         let version = rec.current.version.clone().unwrap_or_default();
         let wrapped = b64::std_decode(&rec.wrapped_b64)
             .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
-        self.cmk_count(&r.name);
+        self.cmk_count(&h.key);
         let aek = self
             .cmk
             .vaults
@@ -479,7 +632,7 @@ impl MgmtService {
         }
         if let Ok(mut c) = self.cmk.cache.lock() {
             c.insert(
-                r.name.clone(),
+                h.key.clone(),
                 CachedAek {
                     aek: SecretBytes::new(aek.expose().to_vec()),
                     wrapped: rec.wrapped_b64.clone(),
@@ -488,18 +641,11 @@ impl MgmtService {
                 },
             );
         }
-        self.cmk_health_put(
-            &r.id,
-            &r.name,
-            CmkStatus::Healthy,
-            String::new(),
-            &version,
-            true,
-        );
+        self.cmk_health_put(&h, &r.id, CmkStatus::Healthy, String::new(), &version, true);
         Ok(aek)
     }
 
-    /// Store a re-wrapped AEK, unless the account changed meanwhile. Returns whether it did.
+    /// Store a re-wrapped AEK, unless the holder changed meanwhile. Returns whether it did.
     async fn cmk_persist_rotation(
         &self,
         r: &Resource,
@@ -515,40 +661,45 @@ impl MgmtService {
         if cur.body["_aek"]["wrapped"].as_str() != Some(rec.wrapped_b64.as_str()) {
             return Ok(false);
         }
+        let h = Holder::of(&cur.body);
         let version = info.version.as_str();
         cur.body["_aek"]["wrapped"] = json!(b64::std_encode(rewrapped));
         cur.body["_aek"]["kid"] = json!(next.kid(version));
-        let kvp = &mut cur.body["properties"]["encryption"]["keyvaultproperties"];
+        let kvp = h.kvp_mut(&mut cur.body);
         kvp["currentVersionedKeyIdentifier"] = json!(next.kid(version));
         kvp["lastKeyRotationTimestamp"] = json!(rfc3339(self.clock.now()));
-        kvp["currentVersionedKeyExpirationTimestamp"] =
-            info.exp.map(|e| json!(rfc3339(e))).unwrap_or(Value::Null);
+        if h.scope.is_none() {
+            // Accounts report the expiry too (scopes have no such property).
+            kvp["currentVersionedKeyExpirationTimestamp"] =
+                info.exp.map(|e| json!(rfc3339(e))).unwrap_or(Value::Null);
+        }
         self.store.put_resource(&cur).await?;
         if let Some(ev) = self.events.get() {
             ev.emit(crate::events::Event {
                 event_type: crate::events::CMK_VERSION_CHANGED,
                 source: cur.id.clone(),
-                subject: cur.name.clone(),
-                data: json!({
-                    "storageAccountId": cur.id,
+                subject: h.key.clone(),
+                data: h.with_ids(json!({
                     "previousKeyIdentifier": rec.current.kid(rec.current.version.as_deref().unwrap_or_default()),
                     "currentVersionedKeyIdentifier": next.kid(version),
-                }),
+                })),
             });
         }
         Ok(true)
     }
 
-    /// The AEK of a platform-key account.
+    /// The AEK of a holder under the platform key (sealed by the root key).
     pub(super) fn platform_aek(&self, r: &Resource) -> Result<SecretBytes> {
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
         let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
             .ok_or_else(|| DomainError::Internal("AEK encoding".into()))?;
-        Ok(self.root.open(&aek_aad(&r.name, version), &sealed)?)
+        Ok(self
+            .root
+            .open(&Holder::of(&r.body).seal_aad(version), &sealed)?)
     }
 
-    /// The AEK of any account (platform key or CMK).
-    pub(super) async fn account_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
+    /// The AEK of any account or encryption scope (platform key or CMK).
+    pub(super) async fn holder_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
         if is_cmk(&r.body) {
             self.cmk_aek(r, corr).await
         } else {
@@ -556,9 +707,8 @@ impl MgmtService {
         }
     }
 
-    /// Bring an account's CMK state up to date (health, new versions) without failing.
-    /// Bring an account's CMK state up to date (health, new versions) without failing and
-    /// without unwrapping: nothing is cached for an account no request uses. No vault call
+    /// Bring a holder's CMK state up to date (health, new versions) without failing and
+    /// without unwrapping: nothing is cached for a holder no request uses. No vault call
     /// while the cached AEK is valid.
     pub(super) async fn cmk_observe(&self, r: &Resource) {
         if !is_cmk(&r.body) {
@@ -582,8 +732,8 @@ impl MgmtService {
         if let Ok(rec) = self.cmk_pickup(&r, rec, "", true).await {
             let version = rec.current.version.clone().unwrap_or_default();
             self.cmk_health_put(
+                &Holder::of(&r.body),
                 &r.id,
-                &r.name,
                 CmkStatus::Healthy,
                 String::new(),
                 &version,
@@ -670,122 +820,18 @@ impl MgmtService {
             }
             None => None,
         };
-        let principal = match &uai {
-            Some(id) => body["identity"]["userAssignedIdentities"]
-                .as_object()
-                .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(id)))
-                .and_then(|(_, v)| v["principalId"].as_str())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    invalid(
-                        "KeyVaultAuthenticationFailure",
-                        format!(
-                            "The user-assigned identity '{}' named in encryption.identity is not assigned to the storage account; add it to identity.userAssignedIdentities.",
-                            id.chars().take(300).collect::<String>()
-                        ),
-                    )
-                })?,
-            None if new => {
-                return Err(invalid(
-                    "KeyVaultAuthenticationFailure",
-                    "A new storage account can start with a customer-managed key only through a user-assigned identity (encryption.identity.userAssignedIdentity) that already has access to the key: a system-assigned identity does not exist before the account does.",
-                ));
-            }
-            None => body["identity"]["principalId"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    invalid(
-                        "KeyVaultAuthenticationFailure",
-                        "The storage account has no managed identity to reach the key vault with: give it a system-assigned identity (identity.type SystemAssigned) or name a user-assigned one in encryption.identity.userAssignedIdentity.",
-                    )
-                })?,
-        };
-
-        let name = body["name"].as_str().unwrap_or_default().to_string();
-        for _ in 0..3 {
-            self.cmk_count(&name); // get, wrap, unwrap
-        }
-        let vaults = self.cmk.vaults.clone();
-        let info = vaults
-            .get_key(
-                &Call {
-                    principal: &principal,
-                    correlation: "",
-                },
-                &key,
-            )
-            .await
-            .map_err(|f| enable_error(f, &principal))?;
-        check_key(&info, self.clock.now())?;
-        if let Some(vault_region) = &info.location
-            && !self.cmk.config.allow_cross_region
-            && norm_region(vault_region) != norm_region(location)
-        {
+        if uai.is_none() && new {
             return Err(invalid(
-                "KeyVaultRegionMismatch",
-                format!(
-                    "The key vault is in region '{vault_region}' but the storage account is in '{location}'. Use a key vault in '{location}' (a deployment policy of this server; an operator can allow cross-region keys with --cmk-allow-cross-region)."
-                ),
+                "KeyVaultAuthenticationFailure",
+                "A new storage account can start with a customer-managed key only through a user-assigned identity (encryption.identity.userAssignedIdentity) that already has access to the key: a system-assigned identity does not exist before the account does.",
             ));
         }
-
-        // The AEK, unwrapped with the current protection, then wrapped by the new key version
-        // and unwrapped again: proof that the identity holds wrapKey and unwrapKey.
-        let r = in_flight(body);
-        let current = if new {
-            self.platform_aek(&r)?
-        } else {
-            if is_cmk(body) {
-                self.cmk_unwrap_current(&r).await.map_err(|e| match e {
-                    DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
-                        code,
-                        message: format!("The account's current key cannot be used, so the account key cannot be re-wrapped under another: {message}"),
-                    },
-                    e => e,
-                })?
-            } else {
-                self.platform_aek(&r)?
-            }
-        };
-        let versioned = key.with_version(&info.version);
-        let wrapped = vaults
-            .wrap(
-                &Call {
-                    principal: &principal,
-                    correlation: "",
-                },
-                &versioned,
-                current.expose(),
-            )
-            .await
-            .map_err(|f| enable_error(f, &principal))?;
-        let back = vaults
-            .unwrap(
-                &Call {
-                    principal: &principal,
-                    correlation: "",
-                },
-                &versioned,
-                &wrapped,
-            )
-            .await
-            .map_err(|f| enable_error(f, &principal))?;
-        if back.expose() != current.expose() {
-            return Err(DomainError::Internal(
-                "the key vault returned a different key on unwrap".into(),
-            ));
-        }
-        let version = body["_aek"]["version"].as_u64().unwrap_or(1);
-        let kid = versioned.kid(&info.version);
+        let principal = cmk_principal(body, uai.as_deref())?;
         let prev_kvp = body["properties"]["encryption"]["keyvaultproperties"].clone();
-        body["_aek"] = json!({
-            "version": version,
-            "keySource": "Microsoft.Keyvault",
-            "wrapped": b64::std_encode(&wrapped),
-            "kid": kid,
-            "principal": principal,
-        });
+        let (info, kid) = self
+            .cmk_enable(body, &key, &principal, location, new)
+            .await?;
+
         let mut kv = Map::new();
         kv.insert("keyvaulturi".into(), json!(vault_uri.trim()));
         kv.insert("keyname".into(), json!(key.name));
@@ -793,18 +839,7 @@ impl MgmtService {
             "keyversion".into(),
             json!(key.version.clone().unwrap_or_default()),
         );
-        kv.insert("currentVersionedKeyIdentifier".into(), json!(kid));
-        if prev_kvp["currentVersionedKeyIdentifier"]
-            .as_str()
-            .is_some_and(|k| k != kid)
-        {
-            kv.insert(
-                "lastKeyRotationTimestamp".into(),
-                json!(rfc3339(self.clock.now())),
-            );
-        } else if let Some(t) = prev_kvp["lastKeyRotationTimestamp"].as_str() {
-            kv.insert("lastKeyRotationTimestamp".into(), json!(t));
-        }
+        self.report_key(&mut kv, &prev_kvp, &kid);
         if let Some(e) = info.exp {
             kv.insert(
                 "currentVersionedKeyExpirationTimestamp".into(),
@@ -822,50 +857,156 @@ impl MgmtService {
                 }
             }
         }
-        // The new wrap is in effect once the caller stores the body; cache it then.
-        if let Ok(mut c) = self.cmk.cache.lock() {
-            c.remove(&name);
+        Ok(())
+    }
+
+    /// `currentVersionedKeyIdentifier` and `lastKeyRotationTimestamp` of a holder whose key
+    /// was (re)configured: the timestamp moves when the versioned key changes.
+    pub(super) fn report_key(&self, kv: &mut Map<String, Value>, prev: &Value, kid: &str) {
+        kv.insert("currentVersionedKeyIdentifier".into(), json!(kid));
+        if prev["currentVersionedKeyIdentifier"]
+            .as_str()
+            .is_some_and(|k| k != kid)
+        {
+            kv.insert(
+                "lastKeyRotationTimestamp".into(),
+                json!(rfc3339(self.clock.now())),
+            );
+        } else if let Some(t) = prev["lastKeyRotationTimestamp"].as_str() {
+            kv.insert("lastKeyRotationTimestamp".into(), json!(t));
         }
-        let account_id = body["id"].as_str().unwrap_or_default().to_string();
+    }
+
+    /// Put the AEK of `body` (an account or a scope being written; its current protection is
+    /// in `_aek`) under `key`, reached as `principal`: the storage resource provider's checks
+    /// (key state and type, vault policy, region against the account's `location`), then a
+    /// wrap and an unwrap as proof of both permissions. Rewrites `_aek` only (the caller stores
+    /// the body and reports the key where the holder does); returns the key version's
+    /// attributes and its versioned id.
+    pub(super) async fn cmk_enable(
+        &self,
+        body: &mut Value,
+        key: &KeyRef,
+        principal: &str,
+        location: &str,
+        new: bool,
+    ) -> Result<(KeyInfo, String)> {
+        let h = Holder::of(body);
+        for _ in 0..3 {
+            self.cmk_count(&h.key); // get, wrap, unwrap
+        }
+        let vaults = self.cmk.vaults.clone();
+        let call = Call {
+            principal,
+            correlation: "",
+        };
+        let info = vaults
+            .get_key(&call, key)
+            .await
+            .map_err(|f| enable_error(f, principal))?;
+        check_key(&info, self.clock.now())?;
+        if let Some(vault_region) = &info.location
+            && !self.cmk.config.allow_cross_region
+            && norm_region(vault_region) != norm_region(location)
+        {
+            return Err(invalid(
+                "KeyVaultRegionMismatch",
+                format!(
+                    "The key vault is in region '{vault_region}' but the storage account is in '{location}'. Use a key vault in '{location}' (a deployment policy of this server; an operator can allow cross-region keys with --cmk-allow-cross-region)."
+                ),
+            ));
+        }
+
+        // The AEK, unwrapped with the current protection, then wrapped by the new key version
+        // and unwrapped again: proof that the identity holds wrapKey and unwrapKey.
+        let r = in_flight(body);
+        let current = if !new && is_cmk(body) {
+            self.cmk_unwrap_current(&r).await.map_err(|e| match e {
+                DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
+                    code,
+                    message: format!("The current key cannot be used, so the encryption key cannot be re-wrapped under another: {message}"),
+                },
+                e => e,
+            })?
+        } else {
+            self.platform_aek(&r)?
+        };
+        let versioned = key.with_version(&info.version);
+        let wrapped = vaults
+            .wrap(&call, &versioned, current.expose())
+            .await
+            .map_err(|f| enable_error(f, principal))?;
+        let back = vaults
+            .unwrap(&call, &versioned, &wrapped)
+            .await
+            .map_err(|f| enable_error(f, principal))?;
+        if back.expose() != current.expose() {
+            return Err(DomainError::Internal(
+                "the key vault returned a different key on unwrap".into(),
+            ));
+        }
+        let version = body["_aek"]["version"].as_u64().unwrap_or(1);
+        let kid = versioned.kid(&info.version);
+        body["_aek"] = json!({
+            "version": version,
+            "keySource": "Microsoft.Keyvault",
+            "wrapped": b64::std_encode(&wrapped),
+            "kid": kid,
+            "principal": principal,
+        });
+        // The new wrap is in effect once the caller stores the body; cache it then.
+        self.cmk_forget(&h.key);
         self.cmk_health_put(
-            &account_id,
-            &name,
+            &h,
+            &r.id,
             CmkStatus::Healthy,
             String::new(),
             &info.version,
             true,
         );
-        Ok(())
+        Ok((info, kid))
     }
 
-    /// The AEK of a CMK account as it stands (cache or one unwrap), without picking up new
+    /// The AEK of a CMK holder as it stands (cache or one unwrap), without picking up new
     /// versions: for management writes, which hold the write lock that a pick-up needs.
     async fn cmk_unwrap_current(&self, r: &Resource) -> Result<SecretBytes> {
-        let corr = "";
         let rec = record(&r.body)?;
         if let Some(aek) = self.cmk_cached(r, &rec) {
             return Ok(aek);
         }
+        let h = Holder::of(&r.body);
         let wrapped = b64::std_decode(&rec.wrapped_b64)
             .ok_or_else(|| DomainError::Internal("wrapped AEK encoding".into()))?;
-        self.cmk_count(&r.name);
+        self.cmk_count(&h.key);
         self.cmk
             .vaults
             .unwrap(
                 &Call {
                     principal: &rec.principal,
-                    correlation: corr,
+                    correlation: "",
                 },
                 &rec.current,
                 &wrapped,
             )
             .await
-            .map_err(|f| unavailable(&f))
+            .map_err(|f| unavailable(&h, &f))
     }
 
     /// Re-wrap a CMK account's AEK under the platform key (keySource back to Microsoft.Storage).
     async fn switch_to_platform(&self, body: &mut Value) -> Result<()> {
-        let name = body["name"].as_str().unwrap_or_default().to_string();
+        self.cmk_to_platform(body).await?;
+        let e = &mut body["properties"]["encryption"];
+        e["keySource"] = json!("Microsoft.Storage");
+        if let Some(m) = e.as_object_mut() {
+            m.remove("keyvaultproperties");
+            m.remove("identity");
+        }
+        Ok(())
+    }
+
+    /// Seal a CMK holder's AEK under the platform key again (`_aek` only; the caller updates
+    /// where the holder reports its key source).
+    pub(super) async fn cmk_to_platform(&self, body: &mut Value) -> Result<()> {
         let r = in_flight(body);
         let aek = self.cmk_unwrap_current(&r).await.map_err(|e| match e {
             DomainError::CmkUnavailable { code, message } => DomainError::CmkUnavailable {
@@ -877,40 +1018,36 @@ impl MgmtService {
             e => e,
         })?;
         let version = record(body)?.version;
+        let aad = Holder::of(body).seal_aad(version);
         body["_aek"] = json!({
             "version": version,
-            "sealed": b64::std_encode(&self.root.seal(&aek_aad(&name, version), aek.expose())?),
+            "sealed": b64::std_encode(&self.root.seal(&aad, aek.expose())?),
             "keySource": "Microsoft.Storage",
         });
-        let e = &mut body["properties"]["encryption"];
-        e["keySource"] = json!("Microsoft.Storage");
-        if let Some(m) = e.as_object_mut() {
-            m.remove("keyvaultproperties");
-            m.remove("identity");
-        }
-        self.cmk_drop_account(&name);
+        self.cmk_drop(body);
         Ok(())
     }
 
-    /// The health view of an account body for responses (`properties.encryption.cmkHealth`,
-    /// a Coffer extension: Azure reports none).
+    /// The health view of an account or scope body for responses (a Coffer extension: Azure
+    /// reports none): `properties.encryption.cmkHealth` of an account, `properties.cmkHealth`
+    /// of a scope.
     pub(super) fn cmk_render(&self, b: &mut Value) {
         if !is_cmk(b) {
             return;
         }
-        let name = b["name"].as_str().unwrap_or_default();
+        let holder = Holder::of(b);
         let h = self
             .cmk
             .health
             .lock()
             .ok()
-            .and_then(|h| h.get(name).cloned());
+            .and_then(|h| h.get(&holder.key).cloned());
         let calls = self
             .cmk
             .calls
             .lock()
             .ok()
-            .and_then(|c| c.get(name).copied())
+            .and_then(|c| c.get(&holder.key).copied())
             .unwrap_or(0);
         let current = b["_aek"]["kid"]
             .as_str()
@@ -919,7 +1056,7 @@ impl MgmtService {
             .next()
             .unwrap_or_default()
             .to_string();
-        b["properties"]["encryption"]["cmkHealth"] = match h {
+        let view = match h {
             Some(h) => json!({
                 "status": h.status.as_str(),
                 "keyVersionInUse": current,
@@ -930,6 +1067,10 @@ impl MgmtService {
             }),
             None => json!({"status": "Unknown", "keyVersionInUse": current, "vaultCalls": calls}),
         };
+        match holder.scope {
+            None => b["properties"]["encryption"]["cmkHealth"] = view,
+            Some(_) => b["properties"]["cmkHealth"] = view,
+        }
     }
 
     /// Whether the metadata store answers (readiness).
@@ -937,26 +1078,27 @@ impl MgmtService {
         self.store.list_subscriptions().await.map(|_| ())
     }
 
-    /// Storage accounts whose customer-managed key is not healthy, as last observed (a
-    /// management-plane view for operators).
+    /// Storage accounts and encryption scopes whose customer-managed key is not healthy, as
+    /// last observed (a management-plane view for operators; a scope carries
+    /// `encryptionScope`).
     pub async fn unhealthy_cmk_accounts(&self) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for r in self.cmk_accounts().await? {
+        for r in self.cmk_holders().await? {
+            let holder = Holder::of(&r.body);
             let h = self
                 .cmk
                 .health
                 .lock()
                 .ok()
-                .and_then(|h| h.get(&r.name).cloned());
+                .and_then(|h| h.get(&holder.key).cloned());
             if let Some(h) = h.filter(|h| h.status != CmkStatus::Healthy) {
-                out.push(json!({
-                    "storageAccountId": r.id,
+                out.push(holder.with_ids(json!({
                     "status": h.status.as_str(),
                     "message": h.message,
                     "keyVersionInUse": h.key_version,
                     "lastSuccessfulUnwrapTime": h.last_unwrap.map(rfc3339),
                     "lastCheckTime": rfc3339(h.checked),
-                }));
+                })));
             }
         }
         Ok(out)
@@ -983,41 +1125,44 @@ impl MgmtService {
         }
     }
 
-    /// Accounts under a customer-managed key (every subscription).
-    async fn cmk_accounts(&self) -> Result<Vec<Resource>> {
+    /// Accounts and encryption scopes under a customer-managed key (every subscription).
+    async fn cmk_holders(&self) -> Result<Vec<Resource>> {
         let mut out = Vec::new();
         for s in self.store.list_subscriptions().await? {
-            for r in self
-                .store
-                .list_resources(&s.subscription_id, None, Some(STORAGE_TYPE))
-                .await?
-            {
-                if is_cmk(&r.body) {
-                    out.push(r);
+            for t in [STORAGE_TYPE, SCOPE_TYPE] {
+                for r in self
+                    .store
+                    .list_resources(&s.subscription_id, None, Some(t))
+                    .await?
+                {
+                    if is_cmk(&r.body) {
+                        out.push(r);
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    /// Refresh every CMK account whose last check is older than the poll interval (accounts
+    /// Refresh every CMK holder whose last check is older than the poll interval (holders
     /// with a remote vault pick up new key versions this way). Returns how many were checked.
     pub async fn cmk_poll_due(&self) -> Result<usize> {
         let now = self.clock.now();
         let mut n = 0;
-        for r in self.cmk_accounts().await? {
+        for r in self.cmk_holders().await? {
+            let key = Holder::of(&r.body).key;
             let due = self
                 .cmk
                 .health
                 .lock()
                 .ok()
                 .and_then(|h| {
-                    h.get(&r.name)
+                    h.get(&key)
                         .map(|x| now - x.checked >= secs(self.cmk.config.poll_interval))
                 })
                 .unwrap_or(true);
             if due {
-                self.cmk_forget(&r.name);
+                self.cmk_forget(&key);
                 self.cmk_observe(&r).await;
                 n += 1;
             }
@@ -1025,7 +1170,7 @@ impl MgmtService {
         Ok(n)
     }
 
-    /// Follow the change feed: after any change, bring every CMK account with an in-process
+    /// Follow the change feed: after any change, bring every CMK holder with an in-process
     /// vault up to date (new key versions within moments, health without waiting for a request).
     pub fn spawn_cmk_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
@@ -1033,9 +1178,9 @@ impl MgmtService {
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let Some(m) = me.upgrade() else { break };
-                match m.cmk_accounts().await {
-                    Ok(accounts) => {
-                        for r in accounts {
+                match m.cmk_holders().await {
+                    Ok(holders) => {
+                        for r in holders {
                             m.cmk_observe(&r).await;
                         }
                     }
@@ -1045,12 +1190,13 @@ impl MgmtService {
         })
     }
 
-    /// Storage accounts whose AEK is wrapped by a key of the vault at `vault_uri` (optionally
-    /// one key): account id, key version in use, whether it follows new versions, health.
+    /// Storage accounts and encryption scopes whose AEK is wrapped by a key of the vault at
+    /// `vault_uri` (optionally one key): account id (and scope name), key version in use,
+    /// whether it follows new versions, health.
     pub async fn key_dependents(&self, vault_uri: &str, key: Option<&str>) -> Result<Vec<Value>> {
         let vault_uri = KeyRef::parse_vault_uri(vault_uri).map_err(super::bad)?;
         let mut out = Vec::new();
-        for r in self.cmk_accounts().await? {
+        for r in self.cmk_holders().await? {
             let Ok(rec) = record(&r.body) else { continue };
             // Hosts compared without ports (a key URI outlives a port change).
             let host = |u: &str| {
@@ -1063,20 +1209,20 @@ impl MgmtService {
             if !same_vault || key.is_some_and(|k| !k.eq_ignore_ascii_case(&rec.current.name)) {
                 continue;
             }
+            let holder = Holder::of(&r.body);
             let status = self
                 .cmk
                 .health
                 .lock()
                 .ok()
-                .and_then(|h| h.get(&r.name).map(|x| x.status.as_str()))
+                .and_then(|h| h.get(&holder.key).map(|x| x.status.as_str()))
                 .unwrap_or("Unknown");
-            out.push(json!({
-                "storageAccountId": r.id,
+            out.push(holder.with_ids(json!({
                 "keyName": rec.current.name,
                 "keyVersion": rec.current.version,
                 "followsNewVersions": rec.configured.version.is_none(),
                 "status": status,
-            }));
+            })));
         }
         Ok(out)
     }

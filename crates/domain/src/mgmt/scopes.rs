@@ -1,20 +1,36 @@
 //! Encryption scopes (`Microsoft.Storage/storageAccounts/{account}/encryptionScopes/{name}`):
-//! a key of their own for the blobs written in them, sealed under the platform key. Scopes can
-//! be disabled (their blobs then refuse every request) and, as in Azure, not deleted.
+//! a key of their own for the blobs written in them, sealed under the platform key
+//! (`source: Microsoft.Storage`) or wrapped by a customer-managed key of their own
+//! (`source: Microsoft.KeyVault`, `keyVaultProperties.keyUri`; the same machinery as an
+//! account's, see `cmk.rs`). Scopes can be disabled (their blobs then refuse every request)
+//! and, as in Azure, not deleted.
 use coffer_crypto::{b64, random};
 use coffer_secret::SecretBytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::storage::STORAGE_TYPE;
+use super::cmk::cmk_principal;
+use super::storage::{STORAGE_TYPE, ScopeKey};
 use super::{Body, MgmtService, Put, bad, public, resource_id};
 use crate::clock::rfc3339;
+use crate::cmk::KeyRef;
 use crate::identity::Caller;
 use crate::model::Resource;
 use crate::{DomainError, Result};
 
 pub const SCOPE_TYPE: &str = "Microsoft.Storage/storageAccounts/encryptionScopes";
 
-fn scope_aad(account: &str, scope: &str, version: u64) -> Vec<u8> {
+fn is_keyvault(body: &Value) -> bool {
+    body["properties"]["source"].as_str() == Some("Microsoft.KeyVault")
+}
+
+fn invalid_param(message: impl Into<String>) -> DomainError {
+    DomainError::CmkInvalid {
+        code: "InvalidValuesForRequestParameters",
+        message: message.into(),
+    }
+}
+
+pub(super) fn scope_aad(account: &str, scope: &str, version: u64) -> Vec<u8> {
     format!(
         "storage-scope-aek:{account}:{}:{version}",
         scope.to_ascii_lowercase()
@@ -49,20 +65,17 @@ impl MgmtService {
         )
     }
 
-    fn apply_scope_props(&self, b: &mut Value, props: Option<Body<'_>>, new: bool) -> Result<()> {
+    /// Apply `properties` of a create or update request to a scope body. Every check (the key's
+    /// included) happens before the caller stores anything.
+    async fn apply_scope_props(
+        &self,
+        b: &mut Value,
+        props: Option<Body<'_>>,
+        new: bool,
+        account: &Resource,
+    ) -> Result<()> {
         let Some(p) = props else { return Ok(()) };
-        if let Some(src) = p.str("source")? {
-            if src.eq_ignore_ascii_case("Microsoft.KeyVault") {
-                return Err(bad(
-                    "encryption scopes with a customer-managed key (source Microsoft.KeyVault) are not available yet on this server; use Microsoft.Storage",
-                ));
-            }
-            if !src.eq_ignore_ascii_case("Microsoft.Storage") {
-                return Err(bad(
-                    "source must be Microsoft.Storage or Microsoft.KeyVault",
-                ));
-            }
-        }
+        self.apply_scope_key(b, &p, new, account).await?;
         if let Some(state) = p.str("state")? {
             let s = if state.eq_ignore_ascii_case("Enabled") {
                 "Enabled"
@@ -77,19 +90,91 @@ impl MgmtService {
             let cur = b["properties"]["requireInfrastructureEncryption"]
                 .as_bool()
                 .unwrap_or(false);
-            if infra && new {
-                return Err(bad(
-                    "infrastructure encryption (a second encryption layer) is not available yet on this server",
-                ));
-            }
-            if !new && infra != cur {
-                return Err(bad(
-                    "requireInfrastructureEncryption is chosen when the scope is created and cannot change",
+            if new {
+                // A scope of an account with infrastructure encryption has it too (as Azure).
+                b["properties"]["requireInfrastructureEncryption"] = json!(cur || infra);
+            } else if infra != cur {
+                return Err(DomainError::PropertyCannotChange(
+                    "requireInfrastructureEncryption",
                 ));
             }
         }
         b["properties"]["lastModifiedTime"] = json!(rfc3339(self.clock.now()));
         Ok(())
+    }
+
+    /// `source` and `keyVaultProperties.keyUri`: put the scope's key under a customer-managed
+    /// key (validated as an account's, reached as the account's identity), move it to another
+    /// key, or back to the platform key.
+    async fn apply_scope_key(
+        &self,
+        b: &mut Value,
+        p: &Body<'_>,
+        new: bool,
+        account: &Resource,
+    ) -> Result<()> {
+        let kvp = p.object("keyVaultProperties")?;
+        let key_uri = match &kvp {
+            Some(k) => k.str("keyUri")?.filter(|u| !u.is_empty()),
+            None => None,
+        };
+        let wants_kv = match p.str("source")? {
+            Some(s) if s.eq_ignore_ascii_case("Microsoft.KeyVault") => true,
+            Some(s) if s.eq_ignore_ascii_case("Microsoft.Storage") => false,
+            Some(_) => {
+                return Err(bad(
+                    "source must be Microsoft.Storage or Microsoft.KeyVault",
+                ));
+            }
+            None => is_keyvault(b) || key_uri.is_some(),
+        };
+        if !wants_kv {
+            if is_keyvault(b) {
+                self.cmk_to_platform(b).await?;
+                b["properties"]["source"] = json!("Microsoft.Storage");
+                if let Some(m) = b["properties"].as_object_mut() {
+                    m.remove("keyVaultProperties");
+                }
+            }
+            return Ok(());
+        }
+        let Some(uri) = key_uri else {
+            if is_keyvault(b) {
+                return Ok(()); // source restated, nothing to change
+            }
+            return Err(invalid_param(
+                "keyVaultProperties.keyUri (https://{vault}/keys/{name}[/{version}]) is required with source Microsoft.KeyVault",
+            ));
+        };
+        let key = KeyRef::from_key_uri(uri).map_err(invalid_param)?;
+        let prev = b["properties"]["keyVaultProperties"].clone();
+        if is_keyvault(b)
+            && prev["keyUri"]
+                .as_str()
+                .and_then(|u| KeyRef::from_key_uri(u).ok())
+                .is_some_and(|k| k == key)
+        {
+            return Ok(()); // the same key restated
+        }
+        // The account's identity reaches the vault: the user-assigned identity its own
+        // customer-managed key uses, else its system-assigned identity.
+        let uai = account.body["properties"]["encryption"]["identity"]["userAssignedIdentity"]
+            .as_str()
+            .filter(|s| !s.is_empty());
+        let principal = cmk_principal(&account.body, uai)?;
+        let location = account.location.clone().unwrap_or_default();
+        let (_, kid) = self.cmk_enable(b, &key, &principal, &location, new).await?;
+        let mut kv = Map::new();
+        kv.insert("keyUri".into(), json!(uri.trim()));
+        self.report_key(&mut kv, &prev, &kid);
+        b["properties"]["source"] = json!("Microsoft.KeyVault");
+        b["properties"]["keyVaultProperties"] = Value::Object(kv);
+        Ok(())
+    }
+
+    fn render_scope(&self, mut b: Value) -> Value {
+        self.cmk_render(&mut b);
+        public(b)
     }
 
     /// `PUT .../encryptionScopes/{name}`: create, or update the state of an existing scope.
@@ -121,10 +206,11 @@ impl MgmtService {
         })?;
         let req = Body::obj(body)?;
         if let Some(mut r) = self.store.get_resource(&id).await? {
-            self.apply_scope_props(&mut r.body, req.object("properties")?, false)?;
+            self.apply_scope_props(&mut r.body, req.object("properties")?, false, &acct)
+                .await?;
             self.store.put_resource(&r).await?;
             return Ok(Put {
-                body: public(r.body),
+                body: self.render_scope(r.body),
                 created: false,
             });
         }
@@ -136,16 +222,19 @@ impl MgmtService {
         }
         let now = rfc3339(self.clock.now());
         let aek = SecretBytes::new(random::bytes(32)?);
+        let account_infra = acct.body["properties"]["encryption"]["requireInfrastructureEncryption"]
+            .as_bool() == Some(true);
         let mut b = json!({
             "id": id, "name": name, "type": SCOPE_TYPE,
             "properties": {
                 "source": "Microsoft.Storage", "state": "Enabled",
                 "creationTime": now, "lastModifiedTime": now,
-                "requireInfrastructureEncryption": false,
+                "requireInfrastructureEncryption": account_infra,
             },
             "_aek": {"version": 1, "sealed": b64::std_encode(&self.root.seal(&scope_aad(account, name, 1), aek.expose())?)},
         });
-        self.apply_scope_props(&mut b, req.object("properties")?, true)?;
+        self.apply_scope_props(&mut b, req.object("properties")?, true, &acct)
+            .await?;
         self.store
             .put_resource(&Resource {
                 id,
@@ -158,7 +247,7 @@ impl MgmtService {
             })
             .await?;
         Ok(Put {
-            body: public(b),
+            body: self.render_scope(b),
             created: true,
         })
     }
@@ -178,14 +267,16 @@ impl MgmtService {
             &id,
         )
         .await?;
-        self.store
-            .get_resource(&id)
-            .await?
-            .map(|r| public(r.body))
-            .ok_or_else(|| DomainError::ResourceNotFound {
-                resource_type: SCOPE_TYPE.into(),
-                name: name.chars().take(64).collect(),
-            })
+        let not_found = || DomainError::ResourceNotFound {
+            resource_type: SCOPE_TYPE.into(),
+            name: name.chars().take(64).collect(),
+        };
+        let r = self.store.get_resource(&id).await?.ok_or_else(not_found)?;
+        // A scope under a customer-managed key reports the key version in use and its health:
+        // refresh them (no vault call while the cached key is valid).
+        self.cmk_observe(&r).await;
+        let r = self.store.get_resource(&id).await?.ok_or_else(not_found)?;
+        Ok(self.render_scope(r.body))
     }
 
     pub async fn list_encryption_scopes(
@@ -209,13 +300,20 @@ impl MgmtService {
             .await?
             .into_iter()
             .filter(|r| r.id.to_ascii_lowercase().starts_with(&prefix))
-            .map(|r| public(r.body))
+            .map(|r| self.render_scope(r.body))
             .collect())
     }
 
     /// The key of an enabled scope of an account (by account name), and its id for object
-    /// headers. A disabled scope fails with 403 `EncryptionScopeDisabled`.
-    pub async fn scope_key(&self, account: &str, scope: &str) -> Result<(SecretBytes, String)> {
+    /// headers. A disabled scope fails with 403 `EncryptionScopeDisabled`; a scope whose
+    /// customer-managed key cannot be used, with the account's 403 codes
+    /// (`KeyVaultEncryptionKeyNotFound`, ...).
+    pub async fn scope_key(
+        &self,
+        account: &str,
+        scope: &str,
+        correlation: &str,
+    ) -> Result<ScopeKey> {
         // The name comes from a request header: validated before it becomes part of an id.
         validate_scope_name(scope)?;
         let acct = self.account_by_name(account).await?;
@@ -230,11 +328,12 @@ impl MgmtService {
             return Err(DomainError::ScopeDisabled(r.name.clone()));
         }
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
-        let sealed = b64::std_decode(r.body["_aek"]["sealed"].as_str().unwrap_or_default())
-            .ok_or_else(|| DomainError::Internal("scope key encoding".into()))?;
-        let key = self
-            .root
-            .open(&scope_aad(account, &r.name, version), &sealed)?;
-        Ok((key, format!("{account}/scope/{}/aek/{version}", r.name)))
+        let key = self.holder_aek(&r, correlation).await?;
+        Ok(ScopeKey {
+            aek_id: format!("{account}/scope/{}/aek/{version}", r.name),
+            name: r.name,
+            key,
+            infra: r.body["properties"]["requireInfrastructureEncryption"].as_bool() == Some(true),
+        })
     }
 }

@@ -6,6 +6,7 @@ use coffer_crypto::{b64, random};
 use coffer_secret::SecretBytes;
 use serde_json::{Map, Value, json};
 
+use super::scopes::SCOPE_TYPE;
 use super::{Body, MgmtService, Put, bad, public, resource_id};
 use crate::clock::rfc3339;
 use crate::identity::Caller;
@@ -313,8 +314,8 @@ impl MgmtService {
                     .as_bool()
                     .unwrap_or(false);
                 if !new && infra != cur {
-                    return Err(bad(
-                        "requireInfrastructureEncryption is chosen at account creation and cannot change",
+                    return Err(DomainError::PropertyCannotChange(
+                        "requireInfrastructureEncryption",
                     ));
                 }
                 p["encryption"]["requireInfrastructureEncryption"] = json!(infra);
@@ -550,6 +551,22 @@ impl MgmtService {
         // blob index goes too, so a later account with the same name starts empty (the
         // orphaned objects are unreadable garbage for the collector).
         self.store.delete_account_data(&r.name).await?;
+        // Its encryption scopes (and their keys) go too: a later account with the same name
+        // must not find them.
+        let prefix = format!("{}/encryptionscopes/", r.id.to_ascii_lowercase());
+        for s in self
+            .store
+            .list_resources(
+                &r.subscription_id,
+                r.resource_group.as_deref(),
+                Some(SCOPE_TYPE),
+            )
+            .await?
+        {
+            if s.id.to_ascii_lowercase().starts_with(&prefix) {
+                self.store.delete_resource(&s.id).await?;
+            }
+        }
         self.store.delete_resource(&r.id).await?;
         self.cmk_drop_account(&r.name);
         Ok(())
@@ -688,6 +705,20 @@ impl MgmtService {
             .unwrap_or_default())
     }
 
+    /// The infrastructure key: the independent platform key of the outer layer of
+    /// double-encrypted objects (infrastructure encryption), derived from the root key for
+    /// this purpose only, and its id for object headers.
+    pub fn infrastructure_key(&self) -> Result<(SecretBytes, &'static str)> {
+        let key = match self.infra_key.get() {
+            Some(k) => k,
+            None => {
+                let k = self.root.derive("infrastructure-encryption-v1")?;
+                self.infra_key.get_or_init(|| k)
+            }
+        };
+        Ok((key.duplicate(), INFRA_KEY_ID))
+    }
+
     /// The keyed hash under which blob records remember a customer-provided key (HMAC-SHA256
     /// with a key derived from the root key): it checks a later request's key, and reveals
     /// nothing of the key to someone who reads the metadata store.
@@ -731,6 +762,9 @@ fn encryption_of<'a>(req: &Body<'a>) -> Result<Option<Body<'a>>> {
     }
 }
 
+/// The id of the infrastructure key in object headers.
+pub const INFRA_KEY_ID: &str = "platform/infrastructure/1";
+
 /// What the blob plane needs of an account: its ARM id (RBAC scope), region, and unsealed AEK.
 pub struct BlobAccount {
     pub name: String,
@@ -748,6 +782,11 @@ pub struct BlobAccount {
     /// Set when the request writes in an encryption scope: its key wraps the DEKs of what is
     /// written (metadata stays under the account key).
     pub scope: Option<ScopeKey>,
+    /// `requireInfrastructureEncryption`: what the request writes is encrypted twice (object
+    /// format v2), the second layer under the infrastructure key.
+    pub infra: bool,
+    /// The request's correlation id, for the vault calls its encryption scope's key may need.
+    pub correlation: String,
 }
 
 /// An encryption scope's key, for writing in it.
@@ -755,6 +794,8 @@ pub struct ScopeKey {
     pub name: String,
     pub key: SecretBytes,
     pub aek_id: String,
+    /// The scope's `requireInfrastructureEncryption`.
+    pub infra: bool,
 }
 
 impl BlobAccount {
@@ -775,18 +816,42 @@ impl BlobAccount {
 
     /// This account as seen by a request that writes in an encryption scope.
     pub fn with_scope(&self, scope: ScopeKey) -> BlobAccount {
+        let key = self.key_copy();
+        self.view(self.aek_id.clone(), key, self.cpk.clone(), Some(scope))
+    }
+
+    /// This account with its own key, whatever this view carries (a customer-provided key, a
+    /// scope): how the source of a copy is read when the request has no key for it.
+    pub fn as_stored(&self) -> BlobAccount {
+        let key = self.key_copy();
+        self.view(self.aek_id.clone(), key, None, None)
+    }
+
+    fn key_copy(&self) -> std::result::Result<SecretBytes, (&'static str, String)> {
+        match &self.key {
+            Ok(k) => Ok(k.duplicate()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn view(
+        &self,
+        aek_id: String,
+        key: std::result::Result<SecretBytes, (&'static str, String)>,
+        cpk: Option<String>,
+        scope: Option<ScopeKey>,
+    ) -> BlobAccount {
         BlobAccount {
             name: self.name.clone(),
             allow_shared_key: self.allow_shared_key,
             id: self.id.clone(),
             region: self.region.clone(),
-            aek_id: self.aek_id.clone(),
-            key: match &self.key {
-                Ok(k) => Ok(k.duplicate()),
-                Err(e) => Err(e.clone()),
-            },
-            cpk: self.cpk.clone(),
-            scope: Some(scope),
+            aek_id,
+            key,
+            cpk,
+            scope,
+            infra: self.infra,
+            correlation: self.correlation.clone(),
         }
     }
 
@@ -797,16 +862,7 @@ impl BlobAccount {
     /// This account as seen by a request that provides its own key (CPK): the key replaces the
     /// account key for everything the request writes or reads (DEKs and metadata).
     pub fn with_customer_key(&self, key: SecretBytes, tag: String) -> BlobAccount {
-        BlobAccount {
-            name: self.name.clone(),
-            allow_shared_key: self.allow_shared_key,
-            id: self.id.clone(),
-            region: self.region.clone(),
-            aek_id: "cpk".into(),
-            key: Ok(key),
-            cpk: Some(tag),
-            scope: None,
-        }
+        self.view("cpk".into(), Ok(key), Some(tag), None)
     }
 }
 
@@ -817,7 +873,7 @@ impl MgmtService {
         let r = self.account_by_name(name).await?;
         let version = r.body["_aek"]["version"].as_u64().unwrap_or(1);
         // A CMK that cannot be used is reported after the request is authorized.
-        let key = match self.account_aek(&r, correlation).await {
+        let key = match self.holder_aek(&r, correlation).await {
             Ok(k) => Ok(k),
             Err(DomainError::CmkUnavailable { code, message }) => Err((code, message)),
             Err(e) => return Err(e),
@@ -831,6 +887,9 @@ impl MgmtService {
             key,
             cpk: None,
             scope: None,
+            infra: r.body["properties"]["encryption"]["requireInfrastructureEncryption"].as_bool()
+                == Some(true),
+            correlation: correlation.to_string(),
         })
     }
 }
