@@ -89,7 +89,8 @@ def test_cpk_round_trips_and_key_checks(coffer, account):
 def test_cpk_on_put_blob_from_url(coffer, account):
     """Put Blob From URL (`upload_blob_from_url`): the source's key travels in
     x-ms-source-encryption-key, the destination's in x-ms-encryption-key; either may be absent."""
-    k1, k2 = cpk_of(os.urandom(32)), cpk_of(os.urandom(32))
+    r1, r2 = os.urandom(32), os.urandom(32)
+    k1, k2 = cpk_of(r1), cpk_of(r2)
     cc = _client(coffer, account).create_container(unique("cpkcopy-").lower())
     data = os.urandom(150_000)
     src = cc.get_blob_client("src-cpk")
@@ -122,3 +123,9 @@ def test_cpk_on_put_blob_from_url(coffer, account):
     refused(lambda: cc.get_blob_client("x3").upload_blob_from_url(plain.url, source_cpk=k1),
             "BlobDoesNotUseCustomerSpecifiedEncryption")
     assert {b.name for b in cc.list_blobs()} == {"src-cpk", "src-plain", "dst-k2", "dst-plain", "dst-from-plain"}
+    # Neither key is anywhere in the data directory.
+    needles = [r for raw in (r1, r2) for r in (raw, base64.b64encode(raw), raw.hex().encode())]
+    for f in Path(coffer.data_dir).rglob("*"):
+        if f.is_file():
+            content = f.read_bytes()
+            assert not any(n in content for n in needles), f"{f} contains a customer-provided key"

@@ -241,6 +241,33 @@ fn dek_cipher(dek: &SecretBytes) -> Result<LessSafeKey, CryptoError> {
     ))
 }
 
+/// Wrap the outer layer's key under the infrastructure key: AES-256 Key Wrap (RFC 3394),
+/// aws-lc-rs's own implementation.
+fn outer_wrap(infra: &SecretBytes, key: &SecretBytes) -> Result<Vec<u8>, CryptoError> {
+    use aws_lc_rs::key_wrap::{AES_256, KeyEncryptionKey, KeyWrap};
+    let kek =
+        KeyEncryptionKey::new(&AES_256, infra.expose()).map_err(|_| CryptoError::InvalidKey)?;
+    let mut out = vec![0u8; WRAPPED_DEK_LEN];
+    let n = kek
+        .wrap(key.expose(), &mut out)
+        .map_err(|_| CryptoError::Failed)?
+        .len();
+    out.truncate(n);
+    Ok(out)
+}
+
+fn outer_unwrap(infra: &SecretBytes, wrapped: &[u8]) -> Result<SecretBytes, CryptoError> {
+    use aws_lc_rs::key_wrap::{AES_256, KeyEncryptionKey, KeyWrap};
+    let kek = KeyEncryptionKey::new(&AES_256, infra.expose()).map_err(|_| CryptoError::Decrypt)?;
+    let mut out = vec![0u8; WRAPPED_DEK_LEN];
+    let n = kek
+        .unwrap(wrapped, &mut out)
+        .map_err(|_| CryptoError::Decrypt)?
+        .len();
+    out.truncate(n);
+    Ok(SecretBytes::new(out))
+}
+
 fn outer_cipher(key: &SecretBytes) -> Result<LessSafeKey, CryptoError> {
     Ok(LessSafeKey::new(
         UnboundKey::new(&CHACHA20_POLY1305, key.expose()).map_err(|_| CryptoError::InvalidKey)?,
@@ -402,8 +429,7 @@ impl ObjectEncryptor {
                 Some(OuterLayer {
                     nonce_prefix: o.nonce_prefix,
                     key_id: o.infra.id.to_string(),
-                    wrapped_key: kw::wrap(o.infra.key.expose(), o.key.expose())
-                        .map_err(|_| CryptoError::Failed)?,
+                    wrapped_key: outer_wrap(o.infra.key, &o.key)?,
                 })
             }
             None => None,
@@ -531,8 +557,7 @@ impl ObjectDecryptor {
             (None, _) => None,
             (Some(_), None) => return Err(CryptoError::Decrypt),
             (Some(o), Some(k)) => {
-                let key =
-                    kw::unwrap(k.expose(), &o.wrapped_key).map_err(|_| CryptoError::Decrypt)?;
+                let key = outer_unwrap(k, &o.wrapped_key)?;
                 Some(Outer {
                     key: outer_cipher(&key)?,
                     aad: aad_labelled(OUTER_AAD_LABEL, head, identity)?,

@@ -66,7 +66,7 @@ pub struct CmkStats {
     pub status: Vec<(String, &'static str)>,
 }
 
-/// The CMK health of an account, as last observed.
+/// The CMK health of an account or encryption scope, as last observed.
 #[derive(Debug, Clone)]
 pub struct CmkHealth {
     pub status: CmkStatus,
