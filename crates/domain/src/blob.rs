@@ -308,7 +308,7 @@ pub enum BlockListKind {
 pub fn check_cpk(rec: &BlobRecord, acct: &BlobAccount) -> Result<()> {
     match (&rec.cpk, &acct.cpk) {
         (None, None) => Ok(()),
-        (Some(a), Some(b)) if a == b => Ok(()),
+        (Some(a), Some(b)) if coffer_secret::ct_eq(a.as_bytes(), b.as_bytes()) => Ok(()),
         (Some(_), None) => Err(DomainError::Cpk {
             code: "BlobUsesCustomerSpecifiedEncryption",
             message: "The blob is encrypted with a customer-provided key, but the request does not provide it (x-ms-encryption-key, x-ms-encryption-key-sha256).".into(),
