@@ -218,3 +218,33 @@ def test_deleting_an_account_deletes_its_scopes(coffer, rg):
         with pytest.raises(HttpResponseError) as e:
             scopes(coffer).get(rg, account.name, name)
         assert e.value.status_code == 404
+
+
+def test_an_identity_a_key_uses_cannot_be_detached(coffer, rg):
+    """Detaching the identity a customer-managed key reaches its vault with would leave the key
+    in use as an identity the account no longer has: refused, for the account and its scopes."""
+    kv = protected_vault(coffer, rg)
+    key = kv.keys.create_rsa_key(unique("k-"), size=2048)
+    uai = coffer.create_identity(rg)
+    coffer.assign_role(kv.vault.id, ENCRYPTION_USER, uai.principal_id)
+    both = sm.Identity(type="SystemAssigned,UserAssigned", user_assigned_identities={uai.id: {}})
+    account = create_account(coffer, rg, identity=both)
+    coffer.assign_role(kv.vault.id, ENCRYPTION_USER, account.identity.principal_id)
+    update(coffer, rg, account.name, encryption=cmk(kv.url, key.name, uai=uai.id))
+    system_only = sm.Identity(type="SystemAssigned")
+    e = arm_refused(lambda: update(coffer, rg, account.name, identity=system_only), "BadRequest")
+    assert "customer-managed key" in e.message
+    # A scope set up now reaches the vault as the same user-assigned identity.
+    name = unique("s-").lower()
+    scopes(coffer).put(rg, account.name, name, kv_scope(versionless(kv, key)))
+    # The account goes back to Microsoft-managed keys; the scope still uses the identity.
+    update(coffer, rg, account.name, encryption=sm.Encryption(key_source="Microsoft.Storage"))
+    e = arm_refused(lambda: update(coffer, rg, account.name, identity=system_only), "BadRequest")
+    assert f"encryption scope '{name}'" in e.message
+    # Dropping the system-assigned identity, which nothing uses, is fine.
+    after = update(coffer, rg, account.name,
+                   identity=sm.Identity(type="UserAssigned", user_assigned_identities={uai.id: {}}))
+    assert after.identity.type == "UserAssigned"
+    # Once the scope is on Microsoft-managed keys, the identity can go.
+    scopes(coffer).patch(rg, account.name, name, sm.EncryptionScope(source="Microsoft.Storage"))
+    update(coffer, rg, account.name, identity=sm.Identity(type="None"))

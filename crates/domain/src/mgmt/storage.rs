@@ -183,6 +183,8 @@ impl MgmtService {
             ident.insert("principalId".into(), json!(pid));
             ident.insert("tenantId".into(), json!(self.identity.tenant_id()));
         } else if let Some(p) = existing_pid {
+            self.identity_not_in_use(account_id, body, &p, "the system-assigned identity")
+                .await?;
             self.store.delete_principal(&p).await?;
         }
         if user {
@@ -232,6 +234,33 @@ impl MgmtService {
             }
             ident.insert("userAssignedIdentities".into(), Value::Object(out));
         }
+        // A user-assigned identity that a customer-managed key reaches its vault with cannot
+        // be detached (the key would otherwise keep being used as an identity the account no
+        // longer has).
+        let kept: Vec<String> = ident
+            .get("userAssignedIdentities")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().map(|k| k.to_ascii_lowercase()).collect())
+            .unwrap_or_default();
+        if let Some(old) = current
+            .get("userAssignedIdentities")
+            .and_then(Value::as_object)
+        {
+            for (id, v) in old {
+                if kept.contains(&id.to_ascii_lowercase()) {
+                    continue;
+                }
+                if let Some(p) = v.get("principalId").and_then(Value::as_str) {
+                    self.identity_not_in_use(
+                        account_id,
+                        body,
+                        p,
+                        &format!("the user-assigned identity '{id}'"),
+                    )
+                    .await?;
+                }
+            }
+        }
         let type_name = match (sys, user) {
             (true, true) => "SystemAssigned,UserAssigned",
             (true, false) => "SystemAssigned",
@@ -241,6 +270,43 @@ impl MgmtService {
         ident.insert("type".into(), json!(type_name));
         body["identity"] = Value::Object(ident);
         Ok(())
+    }
+
+    /// Refuse to take `principal` from the account while its customer-managed key or one of
+    /// its encryption scopes reaches the vault as that identity.
+    async fn identity_not_in_use(
+        &self,
+        account_id: &str,
+        account: &Value,
+        principal: &str,
+        what: &str,
+    ) -> Result<()> {
+        let uses = |b: &Value| {
+            b["_aek"]["keySource"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("Microsoft.Keyvault"))
+                && b["_aek"]["principal"]
+                    .as_str()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(principal))
+        };
+        let mut holder = uses(account).then(|| "the account's customer-managed key".to_string());
+        if holder.is_none() {
+            let prefix = format!("{}/encryptionscopes/", account_id.to_ascii_lowercase());
+            let sub = account_id.split('/').nth(2).unwrap_or_default();
+            holder = self
+                .store
+                .list_resources(sub, None, Some(SCOPE_TYPE))
+                .await?
+                .into_iter()
+                .find(|s| s.id.to_ascii_lowercase().starts_with(&prefix) && uses(&s.body))
+                .map(|s| format!("the encryption scope '{}'", s.name));
+        }
+        match holder {
+            None => Ok(()),
+            Some(h) => Err(bad(format!(
+                "{what} cannot be removed from the storage account: {h} uses it to reach its key vault. Give that a key through another identity (or switch it to Microsoft-managed keys) first."
+            ))),
+        }
     }
 
     /// Merge request properties into an account body (create and PATCH).
