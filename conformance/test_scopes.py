@@ -97,3 +97,14 @@ def test_scope_validation(coffer, account):
     with pytest.raises(HttpResponseError) as e:
         cc.upload_blob("b", b"x", encryption_scope="no-such-scope")
     assert e.value.status_code == 400
+
+
+def test_scope_names_are_case_insensitive_across_stage_and_commit(coffer, account):
+    name = unique("cs").lower()
+    make_scope(coffer, account, name)
+    cc = _client(coffer, account).create_container(unique("c-").lower())
+    blob = cc.get_blob_client("staged")
+    blob.stage_block("YmxvY2sx", b"abc", encryption_scope=name.upper())
+    blob.commit_block_list(["YmxvY2sx"], encryption_scope=name)
+    assert blob.download_blob().readall() == b"abc"
+    assert blob.get_blob_properties().encryption_scope.lower() == name

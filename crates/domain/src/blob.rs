@@ -1061,7 +1061,9 @@ impl BlobService {
             let (p, (block_cpk, block_scope)) = p.ok_or_else(|| {
                 DomainError::InvalidBlockList(format!("block {id} is not available"))
             })?;
-            if block_scope != acct.scope_name() {
+            // Scope names are case-insensitive (a block staged in "S" commits in "s").
+            let lower = |s: Option<String>| s.map(|s| s.to_ascii_lowercase());
+            if lower(block_scope) != lower(acct.scope_name()) {
                 return Err(DomainError::InvalidBlockList(format!(
                     "block {id} was written in another encryption scope than this request's"
                 )));
