@@ -168,3 +168,49 @@ def test_infrastructure_encryption_is_chosen_at_creation_only(coffer, rg):
     [(hh, _)] = stored_objects(coffer, f"{double.name}/scope/{s_inherit}/")
     assert hh["version"] == 2
     no_plaintext_in(coffer.data_dir, data)
+
+
+def test_a_part_is_read_only_in_the_format_it_was_written_in(coffer_private):
+    """Each part records its object format: a double-encrypted part whose record is made to say
+    "one layer" (as if its object had been swapped for a single-layer one) is refused."""
+    import json
+    import sqlite3
+
+    c = coffer_private
+    rg = c.create_rg()
+    account = create(c, rg, True)
+    svc = blob_service(c, account)
+    cc = svc.get_container_client("cnt")
+    cc.create_container()
+    data = os.urandom(100_000)
+    cc.upload_blob("b", data)
+
+    def parts_format(new=None):
+        db = sqlite3.connect(c.data_dir / "coffer.db")
+        try:
+            row = db.execute("SELECT data FROM blobs WHERE account = ? AND name = 'b'", (account.name,)).fetchone()
+            rec = json.loads(row[0])
+            if new is not None:
+                for p in rec["parts"]:
+                    p["format"] = new
+                db.execute("UPDATE blobs SET data = ? WHERE account = ? AND name = 'b'", (json.dumps(rec), account.name))
+                db.commit()
+            return [p.get("format") for p in rec["parts"]]
+        finally:
+            db.close()
+
+    assert parts_format() == [2]
+    assert c.stop() == 0
+    parts_format(1)
+    c.start()
+    key = c.mgmt_clients().storage.storage_accounts.list_keys(rg, account.name)["keys"][0].value
+    no_retry = BlobServiceClient(f"{c.endpoints['blob']}/{account.name}", retry_total=0,
+                                 credential={"account_name": account.name, "account_key": key},
+                                 connection_verify=c.ca)
+    with pytest.raises(HttpResponseError) as e:
+        no_retry.get_container_client("cnt").download_blob("b").readall()
+    assert e.value.status_code == 500
+    assert c.stop() == 0
+    parts_format(2)
+    c.start()
+    assert blob_service(c, account).get_container_client("cnt").download_blob("b").readall() == data

@@ -244,6 +244,11 @@ impl BlobReader {
         if dec.header.plaintext_len != part.size {
             return Err(DomainError::Internal("stored part size mismatch".into()));
         }
+        if part.format.is_some_and(|f| f != dec.header.version()) {
+            return Err(DomainError::Internal(
+                "a stored object is not in the format its blob was written in".into(),
+            ));
+        }
         let (first, last) = if from < to {
             dec.segments_for(from, to)
         } else {
@@ -841,7 +846,8 @@ impl BlobService {
         };
         // Infrastructure encryption (the account's or the scope's): a second layer under the
         // infrastructure key (object format v2).
-        let (mut enc, header) = if acct.infra || acct.scope.as_ref().is_some_and(|s| s.infra) {
+        let layered = acct.infra || acct.scope.as_ref().is_some_and(|s| s.infra);
+        let (mut enc, header) = if layered {
             let (infra, infra_id) = self.mgmt.infrastructure_key()?;
             ObjectEncryptor::layered(
                 wrap_key,
@@ -898,6 +904,11 @@ impl BlobService {
                 object_id,
                 size: len,
                 block_id,
+                format: Some(if layered {
+                    coffer_crypto::object::VERSION_LAYERED
+                } else {
+                    coffer_crypto::object::VERSION
+                }),
             },
             digest,
         ))

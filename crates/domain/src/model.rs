@@ -199,6 +199,12 @@ pub struct Part {
     pub size: u64,
     /// The block id (base64, as the client sent it) for blocks; None for a Put Blob body.
     pub block_id: Option<String>,
+    /// The object format it was written in (1: one layer; 2: with infrastructure
+    /// encryption's second layer). A reader refuses an object of another format, so a
+    /// double-encrypted part cannot be swapped for a single-layer one. None: written before
+    /// the format was recorded (any format is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u8>,
 }
 
 /// A committed blob: its bytes are the concatenation of its parts, each an encrypted object
