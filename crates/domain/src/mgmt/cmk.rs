@@ -87,8 +87,9 @@ pub(super) struct CmkState {
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
     vault_calls: std::sync::atomic::AtomicU64,
-    /// One refresh at a time: a cold cache under load makes one vault call, not one per request.
-    fill: tokio::sync::Mutex<()>,
+    /// One refresh at a time per holder: a cold cache under load makes one vault call, not
+    /// one per request; a slow vault delays only the holders whose key it keeps.
+    fills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl CmkState {
@@ -107,7 +108,7 @@ impl CmkState {
             hits: Default::default(),
             misses: Default::default(),
             vault_calls: Default::default(),
-            fill: tokio::sync::Mutex::new(()),
+            fills: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -508,6 +509,17 @@ impl MgmtService {
         fresh.then(|| SecretBytes::new(e.aek.expose().to_vec()))
     }
 
+    /// The refresh lock of the holder `body`.
+    fn cmk_fill_lock(&self, body: &Value) -> Arc<tokio::sync::Mutex<()>> {
+        let key = Holder::of(body).key.to_ascii_lowercase();
+        let mut m = self
+            .cmk
+            .fills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(key).or_default().clone()
+    }
+
     /// The unwrapped AEK of a CMK holder: from the cache, or from the vault (picking up a new
     /// key version on the way when the holder follows the versionless key).
     async fn cmk_aek(&self, r: &Resource, corr: &str) -> Result<SecretBytes> {
@@ -518,7 +530,8 @@ impl MgmtService {
             return Ok(aek);
         }
         self.cmk.misses.fetch_add(1, Relaxed);
-        let _fill = self.cmk.fill.lock().await;
+        let fill = self.cmk_fill_lock(&r.body);
+        let _fill = fill.lock().await;
         // Another request may have refreshed (or rotated) while this one waited.
         let r =
             self.store
@@ -718,7 +731,8 @@ impl MgmtService {
         if self.cmk_cached(r, &rec).is_some() {
             return;
         }
-        let _fill = self.cmk.fill.lock().await;
+        let fill = self.cmk_fill_lock(&r.body);
+        let _fill = fill.lock().await;
         let Ok(Some(r)) = self.store.get_resource(&r.id).await else {
             return;
         };
