@@ -6,6 +6,7 @@
 //! cannot browse data, exactly as with `az storage blob --auth-mode key`.
 use axum::body::Body;
 use axum::response::Response;
+use coffer_secret::SecretBytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use serde_json::Value;
 
@@ -252,12 +253,47 @@ impl Console {
         Ok(out)
     }
 
+    /// The Resource Manager body of the resource `id` (from a form or query string, so
+    /// checked as a resource path first), or the page to answer with: 400 for a bad id, the
+    /// API's status and error otherwise. `nav`/`what` name the section and the resource kind.
+    pub(crate) async fn resource(
+        &self,
+        s: &Session,
+        id: &str,
+        api_version: &str,
+        nav: &str,
+        what: &str,
+    ) -> Result<Value, Response> {
+        if !crate::valid_id(id) {
+            return Err(crate::bad_request(&format!(
+                "Not a {} id.",
+                what.to_lowercase()
+            )));
+        }
+        let r = self
+            .arm(
+                s,
+                Method::GET,
+                &format!("{id}?api-version={api_version}"),
+                None,
+            )
+            .await;
+        if r.ok() {
+            Ok(r.body)
+        } else {
+            Err(crate::with_status(
+                crate::page(s, nav, what, crate::alert(&r.error())),
+                r.status,
+            ))
+        }
+    }
+
     /// The first account key, by the user's own `listKeys` (RBAC-checked and audited).
     pub(crate) async fn account_key(
         &self,
         s: &Session,
         account_id: &str,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<SecretBytes, String> {
         let r = self
             .arm(
                 s,
@@ -275,7 +311,9 @@ impl Console {
             ));
         }
         let key = crate::s(&r.body, "/keys/0/value");
-        coffer_crypto::b64::std_decode(key).ok_or_else(|| "the account key is unreadable".into())
+        coffer_crypto::b64::std_decode(key)
+            .map(SecretBytes::new)
+            .ok_or_else(|| "the account key is unreadable".into())
     }
 
     /// A Blob request on `account`, signed with Shared Key. `rest` is the encoded path after
@@ -338,7 +376,7 @@ impl Console {
             &path,
             &pairs,
         );
-        let sig = coffer_api::sharedkey::sign(&key, &sts);
+        let sig = coffer_api::sharedkey::sign(key.expose(), &sts);
         let auth = HeaderValue::from_str(&format!("SharedKey {account}:{sig}"))
             .map_err(|_| "bad signature".to_string())?;
         req.headers_mut().insert(header::AUTHORIZATION, auth);

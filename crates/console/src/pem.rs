@@ -29,10 +29,12 @@ pub fn to_jwk(text: &str) -> Result<Value, String> {
             .ok_or_else(|| "The JWK is not a JSON object.".to_string());
     }
     let (label, der) = pem_body(t).ok_or(NOT_A_KEY)?;
+    // The private key's DER is zeroized when dropped.
+    let der = coffer_secret::SecretBytes::new(der);
     match label.as_str() {
-        "PRIVATE KEY" => pkcs8(&der),
-        "RSA PRIVATE KEY" => rsa(&der),
-        "EC PRIVATE KEY" => sec1(&der, None),
+        "PRIVATE KEY" => pkcs8(der.expose()),
+        "RSA PRIVATE KEY" => rsa(der.expose()),
+        "EC PRIVATE KEY" => sec1(der.expose(), None),
         _ => Err(NOT_A_KEY.into()),
     }
     .map_err(|e| format!("The PEM key could not be read: {e}"))

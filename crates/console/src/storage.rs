@@ -146,25 +146,8 @@ pub async fn create(
 }
 
 async fn account_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Response> {
-    if !crate::valid_id(id) {
-        return Err(crate::bad_request("Not a storage account id."));
-    }
-    let r = c
-        .arm(
-            sess,
-            Method::GET,
-            &format!("{id}?api-version={API_STORAGE}"),
-            None,
-        )
-        .await;
-    if r.ok() {
-        Ok(r.body)
-    } else {
-        Err(crate::with_status(
-            page(sess, "storage", "Storage account", alert(&r.error())),
-            r.status,
-        ))
-    }
+    c.resource(sess, id, API_STORAGE, "storage", "Storage account")
+        .await
 }
 
 fn encryption_summary(a: &Value) -> maud::Markup {
@@ -487,6 +470,35 @@ async fn container_page(
     page(sess, "storage", &format!("Container {name}"), body)
 }
 
+/// A request on the blob `name` of `container` in the account `id`: the account's name is
+/// the id's last segment (the user's `listKeys` inside `Console::blob` proves the account
+/// exists and that the user may use its key, so no separate lookup).
+async fn blob_at(
+    c: &Console,
+    sess: &Session,
+    id: &str,
+    method: Method,
+    (container, name): (&str, &str),
+    extra: &[(&str, String)],
+    body: Body,
+) -> Result<Response, String> {
+    if !crate::valid_id(id) {
+        return Err("Not a storage account id.".into());
+    }
+    let account = id.rsplit('/').next().unwrap_or_default();
+    c.blob(
+        sess,
+        id,
+        account,
+        method,
+        &format!("/{}/{}", enc_segment(container), enc_blob_path(name)),
+        &[],
+        extra,
+        body,
+    )
+    .await
+}
+
 /// The browser sends the file as the request body (the script shows progress); it streams
 /// through to Put Blob.
 pub async fn upload(State(c): State<Arc<Console>>, qs: Q, req: Request) -> Response {
@@ -501,31 +513,25 @@ pub async fn upload(State(c): State<Arc<Console>>, qs: Q, req: Request) -> Respo
     if name.is_empty() || container.is_empty() {
         return (StatusCode::BAD_REQUEST, "A blob name is required.").into_response();
     }
-    let a = match account_of(&c, &sess, id).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let len = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("0")
         .to_string();
-    let r = c
-        .blob(
-            &sess,
-            id,
-            s(&a, "/name"),
-            Method::PUT,
-            &format!("/{}/{}", enc_segment(container), enc_blob_path(name)),
-            &[],
-            &[
-                ("x-ms-blob-type", "BlockBlob".into()),
-                ("content-length", len),
-                ("content-type", "application/octet-stream".into()),
-            ],
-            req.into_body(),
-        )
-        .await;
+    let r = blob_at(
+        &c,
+        &sess,
+        id,
+        Method::PUT,
+        (container, name),
+        &[
+            ("x-ms-blob-type", "BlockBlob".into()),
+            ("content-length", len),
+            ("content-type", "application/octet-stream".into()),
+        ],
+        req.into_body(),
+    )
+    .await;
     match r {
         Ok(r) if r.status().is_success() => (StatusCode::CREATED, "Uploaded.").into_response(),
         Ok(r) => {
@@ -540,35 +546,31 @@ pub async fn upload(State(c): State<Arc<Console>>, qs: Q, req: Request) -> Respo
 pub async fn download(State(c): State<Arc<Console>>, h: HeaderMap, qs: Q) -> Response {
     let sess = signed_in!(c, h);
     let (id, container, name) = (q(&qs, "id"), q(&qs, "c"), q(&qs, "name"));
-    let a = match account_of(&c, &sess, id).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let r = c
-        .blob(
-            &sess,
-            id,
-            s(&a, "/name"),
-            Method::GET,
-            &format!("/{}/{}", enc_segment(container), enc_blob_path(name)),
-            &[],
-            &[],
-            Body::empty(),
-        )
-        .await;
+    let r = blob_at(
+        &c,
+        &sess,
+        id,
+        Method::GET,
+        (container, name),
+        &[],
+        Body::empty(),
+    )
+    .await;
     let r = match r {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
             let status = r.status();
             let e = blob_error(r).await;
-            let mut resp = page(&sess, "storage", "Download failed", alert(&e));
-            *resp.status_mut() = status;
-            return resp;
+            return crate::with_status(
+                page(&sess, "storage", "Download failed", alert(&e)),
+                status,
+            );
         }
         Err(e) => {
-            let mut resp = page(&sess, "storage", "Download failed", alert(&e));
-            *resp.status_mut() = StatusCode::FORBIDDEN;
-            return resp;
+            return crate::with_status(
+                page(&sess, "storage", "Download failed", alert(&e)),
+                StatusCode::FORBIDDEN,
+            );
         }
     };
     let (parts, body) = r.into_parts();
@@ -606,22 +608,16 @@ pub async fn blob_delete(
 ) -> Response {
     let sess = posted!(c, h, f);
     let (id, container, name) = (q(&f, "id"), q(&f, "c"), q(&f, "name"));
-    let a = match account_of(&c, &sess, id).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let r = c
-        .blob(
-            &sess,
-            id,
-            s(&a, "/name"),
-            Method::DELETE,
-            &format!("/{}/{}", enc_segment(container), enc_blob_path(name)),
-            &[],
-            &[],
-            Body::empty(),
-        )
-        .await;
+    let r = blob_at(
+        &c,
+        &sess,
+        id,
+        Method::DELETE,
+        (container, name),
+        &[],
+        Body::empty(),
+    )
+    .await;
     match r {
         Ok(r) if r.status().is_success() => {
             container_page(

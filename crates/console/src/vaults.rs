@@ -224,25 +224,8 @@ pub async fn create(
 
 /// The vault (ARM body) named by `?id=`, or an error page.
 async fn vault_of(c: &Console, sess: &Session, id: &str) -> Result<Value, Response> {
-    if !crate::valid_id(id) {
-        return Err(crate::bad_request("Not a key vault id."));
-    }
-    let r = c
-        .arm(
-            sess,
-            Method::GET,
-            &format!("{id}?api-version={API_KEYVAULT}"),
-            None,
-        )
-        .await;
-    if r.ok() {
-        Ok(r.body)
-    } else {
-        Err(crate::with_status(
-            page(sess, "vaults", "Key vault", alert(&r.error())),
-            r.status,
-        ))
-    }
+    c.resource(sess, id, API_KEYVAULT, "vaults", "Key vault")
+        .await
 }
 
 fn key_name_of(kid: &str) -> &str {

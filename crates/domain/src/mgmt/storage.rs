@@ -272,6 +272,19 @@ impl MgmtService {
         Ok(())
     }
 
+    /// The encryption scopes of the account `account_id`.
+    async fn account_scopes(&self, account_id: &str) -> Result<Vec<Resource>> {
+        let prefix = format!("{}/encryptionscopes/", account_id.to_ascii_lowercase());
+        let sub = account_id.split('/').nth(2).unwrap_or_default();
+        Ok(self
+            .store
+            .list_resources(sub, None, Some(SCOPE_TYPE))
+            .await?
+            .into_iter()
+            .filter(|s| s.id.to_ascii_lowercase().starts_with(&prefix))
+            .collect())
+    }
+
     /// Refuse to take `principal` from the account while its customer-managed key or one of
     /// its encryption scopes reaches the vault as that identity.
     async fn identity_not_in_use(
@@ -291,14 +304,11 @@ impl MgmtService {
         };
         let mut holder = uses(account).then(|| "the account's customer-managed key".to_string());
         if holder.is_none() {
-            let prefix = format!("{}/encryptionscopes/", account_id.to_ascii_lowercase());
-            let sub = account_id.split('/').nth(2).unwrap_or_default();
             holder = self
-                .store
-                .list_resources(sub, None, Some(SCOPE_TYPE))
+                .account_scopes(account_id)
                 .await?
                 .into_iter()
-                .find(|s| s.id.to_ascii_lowercase().starts_with(&prefix) && uses(&s.body))
+                .find(|s| uses(&s.body))
                 .map(|s| format!("the encryption scope '{}'", s.name));
         }
         match holder {
@@ -619,19 +629,8 @@ impl MgmtService {
         self.store.delete_account_data(&r.name).await?;
         // Its encryption scopes (and their keys) go too: a later account with the same name
         // must not find them.
-        let prefix = format!("{}/encryptionscopes/", r.id.to_ascii_lowercase());
-        for s in self
-            .store
-            .list_resources(
-                &r.subscription_id,
-                r.resource_group.as_deref(),
-                Some(SCOPE_TYPE),
-            )
-            .await?
-        {
-            if s.id.to_ascii_lowercase().starts_with(&prefix) {
-                self.store.delete_resource(&s.id).await?;
-            }
+        for s in self.account_scopes(&r.id).await? {
+            self.store.delete_resource(&s.id).await?;
         }
         self.store.delete_resource(&r.id).await?;
         self.cmk_drop_account(&r.name);
