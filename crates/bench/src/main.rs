@@ -30,6 +30,17 @@ struct Args {
     /// Concurrent requests in flight (each on its own keep-alive connection).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Give the server CPU 0 and this load generator CPU 1 (`taskset`), so that the load
+    /// generator does not share the server's core; the crypto limit is then the raw rate of
+    /// one thread on CPU 0.
+    #[arg(long)]
+    pin: bool,
+    /// Internal (used by `--pin`): print the raw aws-lc-rs rate of `LABEL:OP` and exit.
+    #[arg(long, hide = true)]
+    raw: Option<String>,
+    /// Threads for `--raw`.
+    #[arg(long, hide = true, default_value_t = 1)]
+    raw_threads: usize,
 }
 
 struct Stats {
@@ -198,6 +209,52 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The raw aws-lc-rs rate of `op` with the key of `label`, or NaN where there is no raw
+/// counterpart (RSA wrap is a public-key operation, not the limit).
+fn raw_rate(label: &str, op: &str, threads: usize, secs: u64) -> anyhow::Result<f64> {
+    let size = match label {
+        "RSA-2048" => Some(KeySize::Rsa2048),
+        "RSA-3072" => Some(KeySize::Rsa3072),
+        "RSA-4096" => Some(KeySize::Rsa4096),
+        _ => None,
+    };
+    Ok(match (size, op) {
+        (Some(sz), "unwrapkey") => raw_rsa_unwrap(sz, threads, secs)?,
+        (Some(_), _) => f64::NAN,
+        (None, o) => raw_kw(threads, secs, o == "unwrapkey"),
+    })
+}
+
+/// `raw_rate` in a child process pinned to CPU 0, one thread.
+fn raw_rate_pinned(label: &str, op: &str, secs: u64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(exe)
+        .args(["--raw", &format!("{label}:{op}"), "--raw-threads", "1"])
+        .args(["--seconds", &secs.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    if !out.status.success() {
+        bail!("raw rate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// Pin every thread of `pid` to `cpu`.
+fn pin(pid: u32, cpu: u32) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?
+        .success();
+    if !ok {
+        bail!("taskset could not pin process {pid} to CPU {cpu}");
+    }
+    Ok(())
+}
+
 fn claims(token: &str) -> Value {
     token
         .split('.')
@@ -210,6 +267,11 @@ fn claims(token: &str) -> Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(raw) = &args.raw {
+        let (label, op) = raw.split_once(':').unwrap_or((raw, "unwrapkey"));
+        println!("{}", raw_rate(label, op, args.raw_threads, args.seconds)?);
+        return Ok(());
+    }
     let server = TestServer::start(&args.bin, &[]).context("starting the server")?;
     let http = server.http()?;
     let mgmt = server.endpoint("management");
@@ -280,40 +342,45 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("https://benchkv.{vault_suffix}");
 
     let pid = server.pid().unwrap_or(0);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2) as f64;
+    let own = std::process::id();
+    let (cores, raw_threads) = if args.pin {
+        pin(pid, 0)?;
+        pin(own, 1)?;
+        (1.0, 1)
+    } else {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        (n as f64, n)
+    };
+    let raw_where = if args.pin {
+        "1 thread on the server's CPU".to_string()
+    } else {
+        format!("{raw_threads} threads")
+    };
     println!(
-        "| key | operation | HTTPS ops/s | p50 ms | p99 ms | server CPU µs/op | server-bound ops/s | raw aws-lc-rs ops/s (2 threads) | HTTPS / raw | server-bound / raw |"
+        "| key | operation | HTTPS ops/s | p50 ms | p99 ms | server CPU µs/op | server-bound ops/s | load generator CPU % | raw aws-lc-rs ops/s ({raw_where}) | HTTPS / raw | server-bound / raw |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let cases: [(&str, Value, &str, Option<KeySize>); 4] = [
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let cases: [(&str, Value, &str); 4] = [
         (
             "RSA-2048",
             json!({"kty": "RSA", "key_size": 2048}),
             "RSA-OAEP-256",
-            Some(KeySize::Rsa2048),
         ),
         (
             "RSA-3072",
             json!({"kty": "RSA", "key_size": 3072}),
             "RSA-OAEP-256",
-            Some(KeySize::Rsa3072),
         ),
         (
             "RSA-4096",
             json!({"kty": "RSA", "key_size": 4096}),
             "RSA-OAEP-256",
-            Some(KeySize::Rsa4096),
         ),
-        (
-            "AES-256",
-            json!({"kty": "oct", "key_size": 256}),
-            "A256KW",
-            None,
-        ),
+        ("AES-256", json!({"kty": "oct", "key_size": 256}), "A256KW"),
     ];
-    for (label, create, alg, size) in cases {
+    for (label, create, alg) in cases {
         let name = label.to_ascii_lowercase();
         let key = ok(client
             .post(format!("{base}/keys/{name}/create?api-version=7.6"))
@@ -343,6 +410,7 @@ async fn main() -> anyhow::Result<()> {
         ] {
             let url = format!("{base}/keys/{name}/{version}/{op}?api-version=7.6");
             let cpu0 = cpu_seconds(pid);
+            let own0 = cpu_seconds(own);
             let s = load(
                 &client,
                 &url,
@@ -353,11 +421,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let cpu_per_op = (cpu_seconds(pid) - cpu0) / (s.ops * args.seconds as f64);
+            let own_busy = 100.0 * (cpu_seconds(own) - own0) / args.seconds as f64;
             let server_bound = cores / cpu_per_op;
-            let raw = match (size, op) {
-                (Some(sz), "unwrapkey") => raw_rsa_unwrap(sz, 2, args.seconds)?,
-                (Some(_), _) => f64::NAN,
-                (None, o) => raw_kw(2, args.seconds, o == "unwrapkey"),
+            let raw = if args.pin {
+                raw_rate_pinned(label, op, args.seconds)?
+            } else {
+                raw_rate(label, op, raw_threads, args.seconds)?
             };
             let pct = |x: f64| {
                 if raw.is_nan() {
@@ -372,12 +441,13 @@ async fn main() -> anyhow::Result<()> {
                 format!("{raw:.0}")
             };
             println!(
-                "| {label} | {op} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {raw_s} | {} | {} |",
+                "| {label} | {op} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {raw_s} | {} | {} |",
                 s.ops,
                 s.p50_ms,
                 s.p99_ms,
                 cpu_per_op * 1e6,
                 server_bound,
+                own_busy,
                 pct(s.ops),
                 pct(server_bound)
             );

@@ -914,15 +914,29 @@ impl BlobService {
         ))
     }
 
-    /// Commit a new version of a blob and delete the objects of the version it replaced.
+    /// Commit a new version of a blob; the objects of the version it replaced are deleted
+    /// after the response, off the request's path (nothing references them any more; if the
+    /// process stops first, the garbage collector finds them).
     async fn commit_replacing(&self, rec: BlobRecord) -> Result<BlobRecord> {
         let old = self.store.commit_blob(&rec).await?;
-        self.forget_parts(
-            &rec.region,
-            old.map(|o| o.parts).unwrap_or_default(),
-            &rec.parts,
-        )
-        .await;
+        let doomed: Vec<String> = old
+            .map(|o| o.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !rec.parts.iter().any(|k| k.object_id == p.object_id))
+            .map(|p| p.object_id)
+            .collect();
+        if !doomed.is_empty()
+            && let Ok(bytes) = self.bytes_for(&rec.region)
+        {
+            tokio::spawn(async move {
+                for id in doomed {
+                    if let Err(e) = bytes.delete(&id).await {
+                        tracing::warn!(error = %e, "orphaned object left behind");
+                    }
+                }
+            });
+        }
         Ok(rec)
     }
 

@@ -1,5 +1,6 @@
 //! A read-through cache in front of a [`MetaStore`] for the records every data-plane request
-//! reads (principals, role assignments, vault resources, key records and versions).
+//! reads (principals, role assignments, vault resources, key records and versions, blob
+//! containers).
 //!
 //! Writes go to the backend first, then invalidate what they touch, so on one node the cache
 //! is never stale. Only ciphertext and public metadata are cached (key versions hold their
@@ -64,8 +65,11 @@ pub struct CachedStore {
     by_name: Map<(String, String), Vec<Resource>>,
     key_records: Map<(String, String), Option<KeyRecord>>,
     key_versions: Map<(String, String, String), Option<KeyVersion>>,
+    containers: Map<(String, String), Option<ContainerRecord>>,
     /// Bumped after every write that may change what a customer-managed key permits.
     changes: Arc<Changes>,
+    /// Bumped around container writes (not a CMK change: kept apart from `changes`).
+    container_changes: Changes,
 }
 
 fn lc(s: &str) -> String {
@@ -81,8 +85,16 @@ impl CachedStore {
             by_name: Map::new(),
             key_records: Map::new(),
             key_versions: Map::new(),
+            containers: Map::new(),
             changes: Arc::new(Changes::default()),
+            container_changes: Changes::default(),
         }
+    }
+
+    fn containers_changed(&self) {
+        self.container_changes.bump();
+        self.containers.clear();
+        self.container_changes.bump();
     }
 
     /// The change feed this store publishes (see [`crate::cmk::Changes`]).
@@ -295,19 +307,33 @@ impl MetaStore for CachedStore {
     }
 
     async fn create_container(&self, c: &ContainerRecord) -> Result<bool> {
-        self.inner.create_container(c).await
+        let r = self.inner.create_container(c).await;
+        self.containers_changed();
+        r
     }
     async fn put_container(&self, c: &ContainerRecord) -> Result<()> {
-        self.inner.put_container(c).await
+        let r = self.inner.put_container(c).await;
+        self.containers_changed();
+        r
     }
     async fn get_container(&self, account: &str, name: &str) -> Result<Option<ContainerRecord>> {
-        self.inner.get_container(account, name).await
+        let k = (account.to_string(), name.to_string());
+        if let Some(v) = self.containers.get(&k) {
+            return Ok(v);
+        }
+        let seen = self.container_changes.current();
+        let v = self.inner.get_container(account, name).await?;
+        self.containers
+            .put(k, v.clone(), seen, &self.container_changes);
+        Ok(v)
     }
     async fn list_containers(&self, account: &str) -> Result<Vec<ContainerRecord>> {
         self.inner.list_containers(account).await
     }
     async fn delete_container(&self, account: &str, name: &str) -> Result<Option<Vec<BlobRecord>>> {
-        self.inner.delete_container(account, name).await
+        let r = self.inner.delete_container(account, name).await;
+        self.containers_changed();
+        r
     }
     async fn get_blob(
         &self,
@@ -355,7 +381,9 @@ impl MetaStore for CachedStore {
         self.inner.commit_blob(b).await
     }
     async fn delete_account_data(&self, account: &str) -> Result<()> {
-        self.inner.delete_account_data(account).await
+        let r = self.inner.delete_account_data(account).await;
+        self.containers_changed();
+        r
     }
     async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
         self.inner.update_blob(b).await
