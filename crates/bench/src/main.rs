@@ -35,6 +35,9 @@ struct Args {
     /// one thread on CPU 0.
     #[arg(long)]
     pin: bool,
+    /// Only these keys (comma-separated labels: RSA-2048,RSA-3072,RSA-4096,AES-256).
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
     /// Internal (used by `--pin`): print the raw aws-lc-rs rate of `LABEL:OP` and exit.
     #[arg(long, hide = true)]
     raw: Option<String>,
@@ -381,6 +384,9 @@ async fn main() -> anyhow::Result<()> {
         ("AES-256", json!({"kty": "oct", "key_size": 256}), "A256KW"),
     ];
     for (label, create, alg) in cases {
+        if !args.keys.is_empty() && !args.keys.iter().any(|k| k.eq_ignore_ascii_case(label)) {
+            continue;
+        }
         let name = label.to_ascii_lowercase();
         let key = ok(client
             .post(format!("{base}/keys/{name}/create?api-version=7.6"))

@@ -17,7 +17,7 @@ use coffer_crypto::object::{
 };
 use coffer_secret::SecretBytes;
 
-use crate::bytes::{ByteStore, new_object_id};
+use crate::bytes::ByteStore;
 use crate::clock::Clock;
 use crate::identity::Caller;
 use crate::mgmt::{BlobAccount, MgmtService};
@@ -831,7 +831,7 @@ impl BlobService {
     ) -> Result<(Part, [u8; 16])> {
         let mut sums = Checksummer::start(len, expected.crc64.is_some());
         let bytes = self.bytes_for(&acct.region)?;
-        let object_id = new_object_id()?;
+        let object_id = bytes.allocate().await?;
         let identity = ObjectIdentity {
             account: acct.name.clone(),
             container: container.into(),

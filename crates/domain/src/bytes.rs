@@ -19,6 +19,12 @@ pub trait ObjectWriter: Send {
 
 #[async_trait]
 pub trait ByteStore: Send + Sync {
+    /// A fresh object id for [`create`](ByteStore::create). A store may hand out ids it has
+    /// prepared for (the file system store pre-creates files, so that a small write needs no
+    /// directory update of its own).
+    async fn allocate(&self) -> Result<String> {
+        new_object_id()
+    }
     async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Read `len` bytes at `offset` (fails if the object is shorter).
     async fn read(&self, object_id: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
