@@ -1,20 +1,25 @@
 //! Local-filesystem byte store: `{root}/{id[0..2]}/{id}`. An object is either absent or
-//! complete and durable before its id is handed back (and only then can a record reference
-//! it). Ids are validated server-made hex strings: no user input becomes a path.
+//! complete and durable before its writer's `commit` returns (and only then can a record
+//! reference it). Ids are validated server-made hex strings: no user input becomes a path.
 //!
 //! Two ways in:
-//! - **Small objects** (up to [`BUFFERED_MAX`]) are held in memory until committed, then
-//!   written into a *spare* file and fsynced in one blocking call. Spare files are created
-//!   empty ahead of time, [`SPARE_BATCH`] at a time in one directory with one directory fsync,
-//!   so a small write needs no directory update of its own: one fsync instead of two, and one
-//!   thread hand-off instead of one per file operation (those were most of a 4 KiB Put Blob's
-//!   cost). A spare older than [`SPARE_MAX_AGE`] is not used (the garbage collector removes
-//!   unreferenced files an hour old), and an unused one is an empty orphan it collects.
+//! - **Small objects** (up to [`SPARE_MAX_LEN`] bytes of content) are held in memory until
+//!   committed, then written into a *spare* file and fsynced in one blocking call. Spare files
+//!   are created empty ahead of time, [`SPARE_BATCH`] at a time in one directory with one
+//!   directory fsync, so a small write needs no directory update of its own: one fsync instead
+//!   of two, and one thread hand-off instead of one per file operation (those were most of a
+//!   4 KiB Put Blob's cost).
 //! - **Large objects** stream into a temporary file that is fsynced, renamed into place and
 //!   its directory fsynced at commit.
-use std::collections::HashMap;
+//!
+//! A spare's name exists before its object does, so the garbage collector must not take it
+//! for an old orphan: [`ByteStore::delete_orphan`] skips every spare not yet committed (kept
+//! in memory from creation until its writer commits or is dropped) and every file modified
+//! within the grace period, checked under the same lock. A spare that sat unused for
+//! [`SPARE_MAX_AGE`] is no longer handed out; it becomes an ordinary empty orphan.
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,17 +29,24 @@ use tokio::io::AsyncWriteExt;
 
 /// Objects up to this size are buffered in memory and written at commit in one blocking call.
 pub const BUFFERED_MAX: usize = 256 * 1024;
+/// Writes of up to this much content get a spare file (the object adds a header and tags).
+pub const SPARE_MAX_LEN: u64 = 128 * 1024;
 /// Spare files created together (in one directory, with one directory fsync).
 pub const SPARE_BATCH: usize = 64;
-/// A spare file is used only this long after its creation (well within the collector's grace).
+/// A spare file is handed out only this long after its creation.
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// Spare files: free ones (with their creation time, oldest first) and ones handed out whose
+/// writer has not committed or been dropped yet.
+#[derive(Default)]
+struct Spares {
+    free: Vec<(String, Instant)>,
+    issued: HashSet<String>,
+}
 
 pub struct FsByteStore {
     root: PathBuf,
-    /// Spare files not handed out yet, with their creation time.
-    spares: Mutex<Vec<(String, Instant)>>,
-    /// Spare files handed out by `allocate` and not yet claimed by `create`.
-    issued: Mutex<HashMap<String, Instant>>,
+    spares: Arc<Mutex<Spares>>,
     /// One refill at a time.
     refill: tokio::sync::Mutex<()>,
 }
@@ -48,12 +60,26 @@ fn poisoned() -> DomainError {
 }
 
 impl FsByteStore {
+    /// Open the store, creating the root and its 256 prefix directories (made durable once,
+    /// so no write has to create a directory).
     pub fn new(root: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&root).map_err(io)?;
+        let mut created = false;
+        for p in 0..=255u8 {
+            let dir = root.join(format!("{p:02x}"));
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir).map_err(io)?;
+                created = true;
+            }
+        }
+        if created {
+            std::fs::File::open(&root)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
         Ok(Self {
             root,
-            spares: Mutex::new(Vec::new()),
-            issued: Mutex::new(HashMap::new()),
+            spares: Arc::new(Mutex::new(Spares::default())),
             refill: tokio::sync::Mutex::new(()),
         })
     }
@@ -63,19 +89,20 @@ impl FsByteStore {
         Ok(self.root.join(&id[..2]).join(id))
     }
 
-    /// A fresh spare, if one is at hand.
+    /// A fresh spare, if one is at hand (marked issued).
     fn take_spare(&self) -> Result<Option<String>> {
-        let mut spares = self.spares.lock().map_err(|_| poisoned())?;
-        // All spares of a batch share its age, and batches are appended in order.
-        spares.retain(|(_, at)| at.elapsed() < SPARE_MAX_AGE);
-        let Some((id, at)) = spares.pop() else {
+        let mut s = self.spares.lock().map_err(|_| poisoned())?;
+        // Batches are appended in order: the stale ones are at the front.
+        let stale = s
+            .free
+            .iter()
+            .take_while(|(_, at)| at.elapsed() >= SPARE_MAX_AGE)
+            .count();
+        s.free.drain(..stale);
+        let Some((id, _)) = s.free.pop() else {
             return Ok(None);
         };
-        drop(spares);
-        let mut issued = self.issued.lock().map_err(|_| poisoned())?;
-        // Ids allocated but never written (a failed request) are forgotten once too old.
-        issued.retain(|_, at| at.elapsed() < SPARE_MAX_AGE);
-        issued.insert(id.clone(), at);
+        s.issued.insert(id.clone());
         Ok(Some(id))
     }
 
@@ -87,14 +114,9 @@ impl FsByteStore {
             .map(|_| new_object_id().map(|id| format!("{prefix}{}", &id[2..])))
             .collect::<Result<Vec<_>>>()?;
         let dir = self.root.join(&prefix);
-        let root = self.root.clone();
         let made = {
             let ids = ids.clone();
             blocking(move || {
-                if !dir.is_dir() {
-                    std::fs::create_dir_all(&dir)?;
-                    std::fs::File::open(&root)?.sync_all()?;
-                }
                 for id in &ids {
                     std::fs::OpenOptions::new()
                         .write(true)
@@ -110,6 +132,7 @@ impl FsByteStore {
         self.spares
             .lock()
             .map_err(|_| poisoned())?
+            .free
             .extend(ids.into_iter().map(|id| (id, now)));
         Ok(())
     }
@@ -127,35 +150,30 @@ struct FsWriter {
     body: Body,
     tmp: PathBuf,
     dest: PathBuf,
-    /// The spare file at `dest` this object may be written into, and its creation time.
-    spare: Option<Instant>,
+    /// Set when `dest` is a spare handed out to this writer: released (no longer protected
+    /// from the collector) once the object is committed or the writer dropped.
+    spare: Option<(String, Arc<Mutex<Spares>>)>,
     /// The temporary file exists and nothing else will remove it.
     tmp_exists: bool,
 }
 
-/// Create the temporary file (and its directory) for an object and write `head` into it; on
-/// failure nothing is left behind.
-fn create_tmp(tmp: &Path, head: &[u8]) -> std::io::Result<std::fs::File> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-    };
-    // The directory exists but for the first object under its prefix; a new one is made
-    // durable in the root before anything is published in it.
-    let mut f = match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = tmp.parent() {
-                std::fs::create_dir_all(dir)?;
-                if let Some(root) = dir.parent() {
-                    std::fs::File::open(root)?.sync_all()?;
-                }
-            }
-            open()?
+impl FsWriter {
+    fn release_spare(&mut self) {
+        if let Some((id, spares)) = self.spare.take()
+            && let Ok(mut s) = spares.lock()
+        {
+            s.issued.remove(&id);
         }
-        other => other?,
-    };
+    }
+}
+
+/// Create the temporary file for an object and write `head` into it; on failure nothing is
+/// left behind.
+fn create_tmp(tmp: &Path, head: &[u8]) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)?;
     match std::io::Write::write_all(&mut f, head) {
         Ok(()) => Ok(f),
         Err(e) => {
@@ -183,17 +201,12 @@ fn publish(file: std::fs::File, tmp: &Path, dest: &Path) -> std::io::Result<()> 
     }
 }
 
-/// Write a whole small object: into its spare file when it has a usable one (its directory
-/// entry is already durable: one fsync), else through a temporary file.
-fn write_small(
-    body: &[u8],
-    spare: Option<Instant>,
-    tmp: &Path,
-    dest: &Path,
-) -> std::io::Result<()> {
-    if spare.is_some_and(|at| at.elapsed() < SPARE_MAX_AGE) {
-        // Only an existing, empty file is written; a spare removed meanwhile (or anything
-        // unexpected) falls back to the temporary file.
+/// Write a whole small object: into its spare file when it has one (the directory entry is
+/// already durable: one fsync), else through a temporary file.
+fn write_small(body: &[u8], spare: bool, tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    if spare {
+        // Only an existing, empty file is written in place; anything else (a spare removed
+        // by hand, say) goes through a temporary file.
         let existing = std::fs::OpenOptions::new().write(true).open(dest);
         if let Ok(mut f) = existing
             && f.metadata().is_ok_and(|m| m.len() == 0)
@@ -238,8 +251,8 @@ impl ObjectWriter for FsWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        let (tmp, dest, spare) = (self.tmp.clone(), self.dest.clone(), self.spare);
-        match std::mem::replace(&mut self.body, Body::Closed) {
+        let (tmp, dest, spare) = (self.tmp.clone(), self.dest.clone(), self.spare.is_some());
+        let done = match std::mem::replace(&mut self.body, Body::Closed) {
             Body::Buffered(buf) => blocking(move || write_small(&buf, spare, &tmp, &dest)).await,
             Body::Open(mut f) => {
                 // Flushed or not, the file is handed to `publish` or left to Drop.
@@ -249,7 +262,10 @@ impl ObjectWriter for FsWriter {
                 blocking(move || publish(file, &tmp, &dest)).await
             }
             Body::Closed => Err(DomainError::Internal("writer closed".into())),
-        }
+        };
+        // Written (fresh modification time) or failed: the collector may judge it now.
+        self.release_spare();
+        done
     }
 }
 
@@ -260,44 +276,81 @@ impl Drop for FsWriter {
         if self.tmp_exists {
             let _ = std::fs::remove_file(&self.tmp);
         }
+        self.release_spare();
     }
 }
 
 #[async_trait]
 impl ByteStore for FsByteStore {
-    async fn allocate(&self) -> Result<String> {
+    async fn allocate(&self, len: u64) -> Result<String> {
+        if len > SPARE_MAX_LEN {
+            return new_object_id();
+        }
         if let Some(id) = self.take_spare()? {
             return Ok(id);
         }
-        {
-            let _one = self.refill.lock().await;
-            if let Some(id) = self.take_spare()? {
-                return Ok(id);
-            }
-            if let Err(e) = self.make_spares().await {
-                // Spares are an optimisation: write through a temporary file instead.
-                tracing::warn!(error = %e, "could not create spare object files");
-                return new_object_id();
-            }
+        let _one = self.refill.lock().await;
+        if let Some(id) = self.take_spare()? {
+            return Ok(id);
         }
-        Ok(self.take_spare()?.map_or_else(new_object_id, Ok)?)
+        if let Err(e) = self.make_spares().await {
+            // Spares are an optimisation: write through a temporary file instead.
+            tracing::warn!(error = %e, "could not create spare object files");
+        }
+        match self.take_spare()? {
+            Some(id) => Ok(id),
+            None => new_object_id(),
+        }
     }
 
     async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>> {
         let dest = self.path(object_id)?;
         let tmp = dest.with_extension("tmp");
-        let spare = self
-            .issued
+        let issued = self
+            .spares
             .lock()
             .map_err(|_| poisoned())?
-            .remove(object_id);
+            .issued
+            .contains(object_id);
         Ok(Box::new(FsWriter {
             body: Body::Buffered(Vec::new()),
             tmp,
             dest,
-            spare,
+            spare: issued.then(|| (object_id.to_string(), self.spares.clone())),
             tmp_exists: false,
         }))
+    }
+
+    /// Delete an unreferenced object, unless it is a spare not yet committed or was modified
+    /// within `age` (both checked under the spares' lock, which a writer takes to release its
+    /// spare after writing it).
+    async fn delete_orphan(&self, object_id: &str, age: Duration) -> Result<bool> {
+        let path = self.path(object_id)?;
+        let spares = self.spares.clone();
+        let id = object_id.to_string();
+        blocking(move || {
+            let s = spares
+                .lock()
+                .map_err(|_| std::io::Error::other("lock poisoned"))?;
+            if s.issued.contains(&id) || s.free.iter().any(|(f, _)| *f == id) {
+                return Ok(false);
+            }
+            let cutoff = std::time::SystemTime::now()
+                .checked_sub(age)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < cutoff);
+            if !old {
+                return Ok(false);
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// One positioned read on the blocking pool (open + pread): a single thread hand-off,
@@ -466,7 +519,7 @@ mod spare_tests {
     async fn small_objects_go_into_pre_created_spares() -> Result<()> {
         let dir = tempfile::tempdir().map_err(io)?;
         let s = FsByteStore::new(dir.path().to_path_buf())?;
-        let id = s.allocate().await?;
+        let id = s.allocate(12).await?;
         check_object_id(&id)?;
         let spare = dir.path().join(&id[..2]).join(&id);
         assert_eq!(
@@ -486,7 +539,7 @@ mod spare_tests {
         assert_eq!(s.read(&id, 0, 12).await?, b"small object");
         assert!(!spare.with_extension("tmp").exists());
         // the next allocation is another spare of the batch
-        let next = s.allocate().await?;
+        let next = s.allocate(13).await?;
         assert_ne!(next, id);
         assert_eq!(next[..2], id[..2]);
         // a spare that vanished meanwhile (say, collected) is written through a temporary file
@@ -495,8 +548,9 @@ mod spare_tests {
         w.write(b"still written").await?;
         w.commit().await?;
         assert_eq!(s.read(&next, 0, 13).await?, b"still written");
-        // a large object never uses its spare in place: it streams through a temporary file
-        let big = s.allocate().await?;
+        // a large object gets no spare: it streams through a temporary file
+        let big = s.allocate(SPARE_MAX_LEN + 1).await?;
+        assert!(!dir.path().join(&big[..2]).join(&big).exists());
         let mut w = s.create(&big).await?;
         w.write(&vec![3u8; BUFFERED_MAX + 10]).await?;
         assert!(
@@ -507,6 +561,41 @@ mod spare_tests {
         );
         w.commit().await?;
         assert_eq!(s.read(&big, BUFFERED_MAX as u64, 10).await?, vec![3u8; 10]);
+        Ok(())
+    }
+
+    /// The collector never deletes a spare that is free or being written, nor a file
+    /// modified within its grace period; it deletes an old unreferenced one.
+    #[tokio::test]
+    async fn the_collector_spares_spares() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io)?;
+        let s = FsByteStore::new(dir.path().to_path_buf())?;
+        let id = s.allocate(10).await?;
+        let free = s.allocate(10).await?; // handed out, never created: still protected
+        assert!(!s.delete_orphan(&id, Duration::ZERO).await?, "issued");
+        let mut w = s.create(&id).await?;
+        w.write(b"0123456789").await?;
+        assert!(
+            !s.delete_orphan(&id, Duration::ZERO).await?,
+            "being written"
+        );
+        w.commit().await?;
+        assert!(
+            !s.delete_orphan(&id, Duration::from_secs(3600)).await?,
+            "just written"
+        );
+        assert!(s.delete_orphan(&id, Duration::ZERO).await?, "old enough");
+        assert!(s.read(&id, 0, 1).await.is_err());
+        // a spare still in the free list is protected too
+        let pooled = {
+            let g = s.spares.lock().map_err(|_| poisoned())?;
+            g.free.first().map(|(f, _)| f.clone()).unwrap_or_default()
+        };
+        assert!(!pooled.is_empty());
+        assert!(!s.delete_orphan(&pooled, Duration::ZERO).await?);
+        // a writer dropped without commit releases its spare
+        drop(s.create(&free).await?);
+        assert!(s.delete_orphan(&free, Duration::ZERO).await?);
         Ok(())
     }
 }

@@ -831,7 +831,7 @@ impl BlobService {
     ) -> Result<(Part, [u8; 16])> {
         let mut sums = Checksummer::start(len, expected.crc64.is_some());
         let bytes = self.bytes_for(&acct.region)?;
-        let object_id = bytes.allocate().await?;
+        let object_id = bytes.allocate(len).await?;
         let identity = ObjectIdentity {
             account: acct.name.clone(),
             container: container.into(),
@@ -1362,8 +1362,12 @@ impl BlobService {
         let live = self.store.referenced_objects().await?;
         let mut collected = 0;
         for (region, id) in candidates {
-            if !live.contains(&id) {
-                self.bytes_for(&region)?.delete(&id).await?;
+            if !live.contains(&id)
+                && self
+                    .bytes_for(&region)?
+                    .delete_orphan(&id, ORPHAN_GRACE)
+                    .await?
+            {
                 collected += 1;
             }
         }

@@ -19,10 +19,11 @@ pub trait ObjectWriter: Send {
 
 #[async_trait]
 pub trait ByteStore: Send + Sync {
-    /// A fresh object id for [`create`](ByteStore::create). A store may hand out ids it has
-    /// prepared for (the file system store pre-creates files, so that a small write needs no
-    /// directory update of its own).
-    async fn allocate(&self) -> Result<String> {
+    /// A fresh object id for [`create`](ByteStore::create), for an object of about `len`
+    /// bytes. A store may hand out ids it has prepared for (the file system store pre-creates
+    /// files, so that a small write needs no directory update of its own).
+    async fn allocate(&self, len: u64) -> Result<String> {
+        let _ = len;
         new_object_id()
     }
     async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>>;
@@ -32,6 +33,12 @@ pub trait ByteStore: Send + Sync {
     /// an object's header, whatever its length.
     async fn read_prefix(&self, object_id: &str, max: u64) -> Result<Vec<u8>>;
     async fn delete(&self, object_id: &str) -> Result<()>;
+    /// Delete an object the garbage collector found unreferenced and older than `age`, unless
+    /// the store knows it is being written or it was modified since (true if deleted).
+    async fn delete_orphan(&self, object_id: &str, age: std::time::Duration) -> Result<bool> {
+        let _ = age;
+        self.delete(object_id).await.map(|()| true)
+    }
     /// Objects (and abandoned partial writes) last modified more than `age` ago: candidates
     /// for garbage collection.
     async fn list_older_than(&self, age: std::time::Duration) -> Result<Vec<String>>;

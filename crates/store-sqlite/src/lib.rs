@@ -103,10 +103,6 @@ struct Head {
     checkpointed_at: Option<std::time::Instant>,
 }
 
-fn decode_blob(old: Option<String>) -> Result<Option<BlobRecord>> {
-    old.map(|d| from_json::<BlobRecord>(&d)).transpose()
-}
-
 fn writer_err(e: &sqlx::Error) -> DomainError {
     DomainError::Internal(format!("metadata store: {e}"))
 }
@@ -148,7 +144,7 @@ impl AuditWriter {
                             let _ = done.send(Ok(()));
                         }
                         for (job, old) in blobs.into_iter().zip(olds) {
-                            let _ = job.done.send(decode_blob(old));
+                            let _ = job.done.send(Ok(old));
                         }
                     }
                     Err(e) => {
@@ -166,17 +162,27 @@ impl AuditWriter {
                                 Err(e) => Err(DomainError::Internal(format!("audit: {e}"))),
                             });
                         }
+                        // Two failures in a row look like the store, not one commit: the
+                        // rest fail at once rather than each waiting out its own timeout.
+                        let mut failed_in_a_row = 0;
                         for job in blobs {
-                            let r = Self::commit(
-                                &pool,
-                                std::slice::from_ref(&job),
-                                &[],
-                                &mut Head::genesis(),
-                                keys,
-                            )
-                            .await;
+                            let r = if failed_in_a_row < 2 {
+                                Self::commit(
+                                    &pool,
+                                    std::slice::from_ref(&job),
+                                    &[],
+                                    &mut Head::genesis(),
+                                    keys,
+                                )
+                                .await
+                            } else {
+                                Err(sqlx::Error::Protocol(
+                                    "the metadata store is failing".into(),
+                                ))
+                            };
+                            failed_in_a_row = if r.is_ok() { 0 } else { failed_in_a_row + 1 };
                             let _ = job.done.send(match r {
-                                Ok(mut old) => decode_blob(old.pop().flatten()),
+                                Ok(mut old) => Ok(old.pop().flatten()),
                                 Err(e) => Err(writer_err(&e)),
                             });
                         }
@@ -216,7 +222,7 @@ impl AuditWriter {
         audits: &[AuditJob],
         head: &mut Head,
         keys: Option<&AuditKeys>,
-    ) -> std::result::Result<Vec<Option<String>>, sqlx::Error> {
+    ) -> std::result::Result<Vec<Option<BlobRecord>>, sqlx::Error> {
         let unkeyed;
         let chain_key = match keys {
             Some(k) => &k.chain,
@@ -269,12 +275,15 @@ impl AuditWriter {
                 .bind(&job.data)
                 .fetch_all(&mut *tx)
                 .await?;
-            olds.push(
-                found
-                    .first()
-                    .map(|r| r.try_get::<String, _>("data"))
-                    .transpose()?,
-            );
+            // Decoded inside the transaction: an unreadable old record rolls the commit back.
+            let old = match found.first() {
+                Some(r) => Some(
+                    from_json::<BlobRecord>(r.try_get::<&str, _>("data")?)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                ),
+                None => None,
+            };
+            olds.push(old);
         }
         if let Some(insert) = insert {
             insert.execute(&mut *tx).await?;
