@@ -278,12 +278,13 @@ class Coffer:
     every cached client is dropped and endpoints.json is read again.
     """
 
-    def __init__(self, base_dir: Path, *, test_clock: bool = False):
+    def __init__(self, base_dir: Path, *, test_clock: bool = False, extra_args: tuple[str, ...] = ()):
         self.base_dir = Path(base_dir)
         self.data_dir = self.base_dir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.base_dir / "coffer.stderr.log"
         self.test_clock = test_clock
+        self.extra_args = tuple(extra_args)
         self.proc: Optional[subprocess.Popen] = None
         self.endpoints_path: Optional[Path] = None
         self.endpoints: dict = {}
@@ -304,6 +305,7 @@ class Coffer:
         ]
         if self.test_clock:
             cmd.append("--test-clock")
+        cmd.extend(self.extra_args)
         return cmd
 
     def start(self) -> "Coffer":

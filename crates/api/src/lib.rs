@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod ops;
 pub mod sas;
 pub mod sharedkey;
+pub mod throttle;
 pub mod vault;
 
 /// Public names and origins the server answers to.
@@ -114,6 +115,8 @@ pub struct AppState {
     pub audit_retention: Option<i64>,
     pub metrics: Arc<metrics::Metrics>,
     pub events: Arc<coffer_domain::events::EventService>,
+    /// Per-vault throttling in Azure's style, when turned on (`--vault-throttle`).
+    pub throttle: Option<Arc<throttle::Throttle>>,
 }
 
 /// Injected faults, for tests of failure behaviour.

@@ -553,9 +553,16 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
         correlation_id: rid.clone(),
         ..Default::default()
     };
+    let throttled = match (&state.throttle, &vault) {
+        (Some(t), Ok(v)) => {
+            let units = throttle_units(&state, v, &op, &body).await;
+            t.take(&v.name, units, state.clock.now()).err()
+        }
+        _ => None,
+    };
     // A change is recorded as started before it runs: if the log cannot take it, nothing
     // happens (fail closed).
-    if op.is_write() && vault.is_ok() {
+    if op.is_write() && vault.is_ok() && throttled.is_none() {
         rec.result_type = "Started".into();
         rec.properties = json!({"requestUri": request_uri, "clientInfo": client_info});
         if let Err(e) = state.audit.record(&rec).await {
@@ -569,9 +576,10 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
             );
         }
     }
-    let (resp, key_id) = match &vault {
-        Ok(v) => execute(&state, &caller, v, &op, &body, &query, &rid).await,
-        Err(e) => (domain_error(e, &rid), String::new()),
+    let (resp, key_id) = match (&vault, throttled) {
+        (Ok(_), Some(wait)) => (throttled_response(wait, &rid), String::new()),
+        (Ok(v), None) => execute(&state, &caller, v, &op, &body, &query, &rid).await,
+        (Err(e), _) => (domain_error(e, &rid), String::new()),
     };
     let status = resp.status();
     rec.time = state.clock.now();
@@ -611,6 +619,44 @@ pub async fn handle(state: Arc<AppState>, vault_host: String, req: Request) -> R
         );
     }
     crate::named(resp, op.operation_name())
+}
+
+/// The weight of a request for the vault's throttle (see [`crate::throttle`]).
+async fn throttle_units(state: &AppState, vault: &VaultRef, op: &KvOp, body: &Value) -> u32 {
+    use crate::throttle::Cost;
+    let version = match op {
+        KvOp::Get { version, .. } | KvOp::Update { version, .. } | KvOp::Crypto { version, .. } => {
+            version.as_deref()
+        }
+        _ => None,
+    };
+    match (op, op.key_name()) {
+        (KvOp::Create { .. }, _) => Cost::Create {
+            kty: body.get("kty").and_then(Value::as_str).unwrap_or("RSA"),
+        }
+        .units(),
+        (_, Some(name)) => match state.keyvault.key_kind(vault, name, version).await {
+            Some((kty, size)) => Cost::Key { kty: &kty, size }.units(),
+            None => Cost::Other.units(),
+        },
+        (_, None) => Cost::Other.units(),
+    }
+}
+
+/// 429, as Azure Key Vault throttles: `Retry-After` in seconds and the `Throttled` code.
+fn throttled_response(wait: u64, rid: &str) -> Response {
+    let mut resp = kv_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Throttled",
+        "Request was not processed because too many requests were received. Reason: A generic \
+         throttling limit was reached for this vault. Retry after the number of seconds in \
+         Retry-After.",
+        None,
+        rid,
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(wait));
+    resp
 }
 
 // ---- rendering ---------------------------------------------------------------------------

@@ -531,6 +531,19 @@ impl KeyVaultService {
         }
     }
 
+    /// The type and size of a live key's version (the given one or the current one), for
+    /// throttling weights; None when there is none. Not authorized: it reveals nothing to the
+    /// caller, whose request is then authorized as usual.
+    pub async fn key_kind(
+        &self,
+        vault: &VaultRef,
+        name: &str,
+        version: Option<&str>,
+    ) -> Option<(String, Option<u32>)> {
+        let view = self.version_of(vault, name, version).await.ok()?;
+        Some((view.version.kty, view.version.key_size))
+    }
+
     /// A version of a live key: the given one, or the current one.
     async fn version_of(
         &self,

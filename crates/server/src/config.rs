@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// Seconds before the first webhook retry; each retry doubles it, up to an hour [default: 10].
     #[arg(long, env = "COFFER_WEBHOOK_RETRY_SECONDS")]
     pub webhook_retry_seconds: Option<u32>,
+    /// Throttle each vault as Azure Key Vault does (a weighted sum of 4,000 units per 10
+    /// seconds; 429 with Retry-After beyond it), so that clients' retries can be exercised.
+    #[arg(long, env = "COFFER_VAULT_THROTTLE")]
+    pub vault_throttle: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +111,7 @@ struct FileConfig {
     webhook_ca_file: Option<PathBuf>,
     near_expiry_days: Option<u32>,
     webhook_retry_seconds: Option<u32>,
+    vault_throttle: Option<bool>,
     /// Vaults on other servers that hold customer-managed keys of this server's accounts.
     remote_vaults: Option<Vec<crate::remote_vault::RemoteVaultConfig>>,
 }
@@ -132,6 +137,7 @@ pub struct ServerConfig {
     pub webhook_ca_file: Option<PathBuf>,
     pub near_expiry_days: i64,
     pub webhook_retry_seconds: i64,
+    pub vault_throttle: bool,
 }
 
 /// A CMK interval in seconds: 1 to 86400, default 60.
@@ -228,6 +234,7 @@ impl ServerConfig {
             regions,
             tls,
             test_clock: args.test_clock || file.test_clock.unwrap_or(false),
+            vault_throttle: args.vault_throttle || file.vault_throttle.unwrap_or(false),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             remote_vaults: file.remote_vaults.unwrap_or_default(),
             webhook_ca_file: args.webhook_ca_file.or(file.webhook_ca_file),

@@ -116,6 +116,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         audit_retention: cfg.audit_retention,
         metrics,
         events: booted.events.clone(),
+        throttle: cfg
+            .vault_throttle
+            .then(|| Arc::new(coffer_api::throttle::Throttle::default())),
     });
     booted.events.connect(
         Arc::new(crate::webhooks::HttpsWebhooks::new(
