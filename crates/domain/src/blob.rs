@@ -1150,7 +1150,7 @@ impl BlobService {
         container: &str,
         name: &str,
         needs_key: bool,
-        change: impl FnOnce(&mut BlobRecord) -> Result<()>,
+        change: impl Fn(&mut BlobRecord) -> Result<()>,
     ) -> Result<BlobRecord> {
         self.authorize(
             auth,
@@ -1160,24 +1160,34 @@ impl BlobService {
             Some(container),
         )
         .await?;
-        let mut rec = self
-            .store
-            .get_blob(&acct.name, container, name)
-            .await?
-            .ok_or(DomainError::BlobNotFound)?;
-        if needs_key {
-            check_cpk(&rec, acct)?;
+        // Applied to the version current when it is written: if another write committed in
+        // between (a Put Blob, whose replaced objects are then deleted), start again from it
+        // rather than restore the older version's parts.
+        for _ in 0..5 {
+            let mut rec = self
+                .store
+                .get_blob(&acct.name, container, name)
+                .await?
+                .ok_or(DomainError::BlobNotFound)?;
+            if needs_key {
+                check_cpk(&rec, acct)?;
+            }
+            if let Some(scope) = &rec.scope {
+                self.mgmt
+                    .scope_key(&acct.name, scope, &acct.correlation)
+                    .await?;
+            }
+            let read = rec.etag.clone();
+            change(&mut rec)?;
+            rec.etag = self.etag()?;
+            rec.last_modified = self.clock.now();
+            if self.store.update_blob(&rec, &read).await? {
+                return Ok(rec);
+            }
         }
-        if let Some(scope) = &rec.scope {
-            self.mgmt
-                .scope_key(&acct.name, scope, &acct.correlation)
-                .await?;
-        }
-        change(&mut rec)?;
-        rec.etag = self.etag()?;
-        rec.last_modified = self.clock.now();
-        self.store.update_blob(&rec).await?;
-        Ok(rec)
+        Err(DomainError::Conflict(
+            "The blob kept changing while it was being updated; retry.".into(),
+        ))
     }
 
     /// Set Blob Metadata: replaces the user metadata.
@@ -1191,7 +1201,7 @@ impl BlobService {
     ) -> Result<BlobRecord> {
         let sealed = Self::seal_metadata(acct, container, name, meta)?;
         self.update_record(auth, acct, container, name, true, |rec| {
-            rec.metadata = sealed;
+            rec.metadata = sealed.clone();
             Ok(())
         })
         .await
@@ -1208,12 +1218,12 @@ impl BlobService {
     ) -> Result<BlobRecord> {
         // Properties are not encrypted: no customer-provided key needed (as Azure).
         self.update_record(auth, acct, container, name, false, |rec| {
-            rec.content_type = headers.content_type;
-            rec.content_encoding = headers.content_encoding;
-            rec.content_language = headers.content_language;
-            rec.content_disposition = headers.content_disposition;
-            rec.cache_control = headers.cache_control;
-            rec.content_md5 = headers.content_md5;
+            rec.content_type = headers.content_type.clone();
+            rec.content_encoding = headers.content_encoding.clone();
+            rec.content_language = headers.content_language.clone();
+            rec.content_disposition = headers.content_disposition.clone();
+            rec.cache_control = headers.cache_control.clone();
+            rec.content_md5 = headers.content_md5.clone();
             Ok(())
         })
         .await

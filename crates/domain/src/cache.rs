@@ -385,8 +385,8 @@ impl MetaStore for CachedStore {
         self.containers_changed();
         r
     }
-    async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
-        self.inner.update_blob(b).await
+    async fn update_blob(&self, b: &BlobRecord, etag: &str) -> Result<bool> {
+        self.inner.update_blob(b, etag).await
     }
     async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>> {
         self.inner.staged_blocks_before(before).await

@@ -120,8 +120,9 @@ pub trait MetaStore: Send + Sync {
     async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
     /// Remove every container, blob and staged block record of an account.
     async fn delete_account_data(&self, account: &str) -> Result<()>;
-    /// Replace a committed blob's record (metadata/properties updates; staged blocks stay).
-    async fn update_blob(&self, b: &BlobRecord) -> Result<()>;
+    /// Replace a committed blob's record (metadata/properties updates; staged blocks stay) if
+    /// its stored etag is still `etag`; false when another write changed it meanwhile.
+    async fn update_blob(&self, b: &BlobRecord, etag: &str) -> Result<bool>;
     /// Staged blocks created before `before` (Unix seconds), for expiry.
     async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>>;
     async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()>;

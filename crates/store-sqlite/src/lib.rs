@@ -1150,16 +1150,20 @@ impl MetaStore for SqliteStore {
         Ok(())
     }
 
-    async fn update_blob(&self, b: &BlobRecord) -> Result<()> {
-        sqlx::query("UPDATE blobs SET data = ? WHERE account = ? AND container = ? AND name = ?")
-            .bind(to_json(b)?)
-            .bind(&b.account)
-            .bind(&b.container)
-            .bind(&b.name)
-            .execute(&self.writer)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    async fn update_blob(&self, b: &BlobRecord, etag: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE blobs SET data = ? WHERE account = ? AND container = ? AND name = ? AND json_extract(data, '$.etag') = ?",
+        )
+        .bind(to_json(b)?)
+        .bind(&b.account)
+        .bind(&b.container)
+        .bind(&b.name)
+        .bind(etag)
+        .execute(&self.writer)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>> {
@@ -1657,6 +1661,16 @@ mod tests {
         let mut all: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
         all.sort();
         assert_eq!(seen, all, "each version replaced once, the last one kept");
+        // A properties update applies only to the version it read: one read before another
+        // write committed is refused, and the newer version stays.
+        let current = s.get_blob("acct", "c", "b").await?;
+        let current = current.ok_or(DomainError::BlobNotFound)?;
+        let mut stale = version("stale-update".into());
+        assert!(!s.update_blob(&stale, "v-not-current").await?);
+        stale.content_type = Some("text/plain".into());
+        assert!(s.update_blob(&stale, &current.etag).await?);
+        let now = s.get_blob("acct", "c", "b").await?;
+        assert_eq!(now.map(|b| b.etag).as_deref(), Some("stale-update"));
         Ok(())
     }
 
