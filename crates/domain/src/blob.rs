@@ -1185,8 +1185,10 @@ impl BlobService {
                 return Ok(rec);
             }
         }
-        Err(DomainError::Conflict(
-            "The blob kept changing while it was being updated; retry.".into(),
+        // Five writes won the race in a row: not the caller's fault, and not a conflict the
+        // client could resolve (Azure has no code for it); logged as an internal error.
+        Err(DomainError::Internal(
+            "the blob kept changing while its properties were being updated".into(),
         ))
     }
 
