@@ -2074,15 +2074,7 @@ mod tests {
             etag: "\"0xABC\"".into(),
             created: 1_000,
             last_modified: 1_000_000,
-            content_type: None,
-            content_encoding: None,
-            content_language: None,
-            content_disposition: None,
-            cache_control: None,
-            content_md5: None,
-            metadata: None,
-            cpk: None,
-            scope: None,
+            ..Default::default()
         };
         let h = |pairs: &[(&'static str, &str)]| {
             let mut m = HeaderMap::new();

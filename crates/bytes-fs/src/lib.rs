@@ -217,6 +217,13 @@ fn write_small(body: &[u8], spare: bool, tmp: &Path, dest: &Path) -> std::io::Re
     publish(create_tmp(tmp, body)?, tmp, dest)
 }
 
+/// The modification time before which a file is older than `age`.
+fn modified_before(age: Duration) -> std::time::SystemTime {
+    std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -335,9 +342,7 @@ impl ByteStore for FsByteStore {
             if s.issued.contains(&id) || s.free.iter().any(|(f, _)| *f == id) {
                 return Ok(false);
             }
-            let cutoff = std::time::SystemTime::now()
-                .checked_sub(age)
-                .unwrap_or(std::time::UNIX_EPOCH);
+            let cutoff = modified_before(age);
             let old = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t < cutoff);
@@ -359,23 +364,21 @@ impl ByteStore for FsByteStore {
         let path = self.path(object_id)?;
         let len =
             usize::try_from(len).map_err(|_| DomainError::Internal("read too large".into()))?;
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             use std::os::unix::fs::FileExt;
             let f = std::fs::File::open(path)?;
             let mut buf = vec![0u8; len];
             f.read_exact_at(&mut buf, offset)?;
-            Ok::<_, std::io::Error>(buf)
+            Ok(buf)
         })
         .await
-        .map_err(|_| DomainError::Internal("byte store read task".into()))?
-        .map_err(io)
     }
 
     async fn read_prefix(&self, object_id: &str, max: u64) -> Result<Vec<u8>> {
         let path = self.path(object_id)?;
         let max =
             usize::try_from(max).map_err(|_| DomainError::Internal("read too large".into()))?;
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             use std::os::unix::fs::FileExt;
             let f = std::fs::File::open(path)?;
             let mut buf = vec![0u8; max];
@@ -387,20 +390,16 @@ impl ByteStore for FsByteStore {
                 }
             }
             buf.truncate(got);
-            Ok::<_, std::io::Error>(buf)
+            Ok(buf)
         })
         .await
-        .map_err(|_| DomainError::Internal("byte store read task".into()))?
-        .map_err(io)
     }
 
     async fn list_older_than(&self, age: std::time::Duration) -> Result<Vec<String>> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut out = Vec::new();
-            let cutoff = std::time::SystemTime::now()
-                .checked_sub(age)
-                .unwrap_or(std::time::UNIX_EPOCH);
+            let cutoff = modified_before(age);
             let Ok(dirs) = std::fs::read_dir(&root) else {
                 return Ok(out);
             };
@@ -432,7 +431,6 @@ impl ByteStore for FsByteStore {
             Ok(out)
         })
         .await
-        .map_err(|_| DomainError::Internal("byte store scan".into()))?
     }
 
     async fn delete(&self, object_id: &str) -> Result<()> {
@@ -509,11 +507,6 @@ mod tests {
         assert!(s.create("ABCDEF0123456789abcdef0123456789").await.is_err());
         Ok(())
     }
-}
-
-#[cfg(test)]
-mod spare_tests {
-    use super::*;
 
     #[tokio::test]
     async fn small_objects_go_into_pre_created_spares() -> Result<()> {

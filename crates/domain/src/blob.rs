@@ -329,6 +329,23 @@ pub fn check_cpk(rec: &BlobRecord, acct: &BlobAccount) -> Result<()> {
     }
 }
 
+/// The objects of `old` parts that `keep` no longer references.
+fn unreferenced(old: Vec<Part>, keep: &[Part]) -> Vec<String> {
+    old.into_iter()
+        .filter(|p| !keep.iter().any(|k| k.object_id == p.object_id))
+        .map(|p| p.object_id)
+        .collect()
+}
+
+/// Delete objects, best effort: one left behind is an orphan for the garbage collector.
+async fn delete_objects(bytes: &dyn ByteStore, ids: Vec<String>) {
+    for id in ids {
+        if let Err(e) = bytes.delete(&id).await {
+            tracing::warn!(error = %e, "orphaned object left behind");
+        }
+    }
+}
+
 /// Transfer checksums a client sent with an upload, checked against the received bytes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Checksums {
@@ -919,38 +936,19 @@ impl BlobService {
     /// process stops first, the garbage collector finds them).
     async fn commit_replacing(&self, rec: BlobRecord) -> Result<BlobRecord> {
         let old = self.store.commit_blob(&rec).await?;
-        let doomed: Vec<String> = old
-            .map(|o| o.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| !rec.parts.iter().any(|k| k.object_id == p.object_id))
-            .map(|p| p.object_id)
-            .collect();
+        let doomed = unreferenced(old.map(|o| o.parts).unwrap_or_default(), &rec.parts);
         if !doomed.is_empty()
             && let Ok(bytes) = self.bytes_for(&rec.region)
         {
-            tokio::spawn(async move {
-                for id in doomed {
-                    if let Err(e) = bytes.delete(&id).await {
-                        tracing::warn!(error = %e, "orphaned object left behind");
-                    }
-                }
-            });
+            tokio::spawn(async move { delete_objects(&*bytes, doomed).await });
         }
         Ok(rec)
     }
 
     /// Delete the objects of `old` parts that `keep` no longer references.
     async fn forget_parts(&self, region: &str, old: Vec<Part>, keep: &[Part]) {
-        let Ok(bytes) = self.bytes_for(region) else {
-            return;
-        };
-        for p in old {
-            if !keep.iter().any(|k| k.object_id == p.object_id)
-                && let Err(e) = bytes.delete(&p.object_id).await
-            {
-                tracing::warn!(error = %e, "orphaned object left behind");
-            }
+        if let Ok(bytes) = self.bytes_for(region) {
+            delete_objects(&*bytes, unreferenced(old, keep)).await;
         }
     }
 

@@ -58,6 +58,14 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
     }
 }
 
+/// After a committed write: bump the generation (fills in flight are dropped), clear, and bump
+/// again (whoever read the generation before the clear revalidates after it).
+fn invalidate(changes: &Changes, clear: impl FnOnce()) {
+    changes.bump();
+    clear();
+    changes.bump();
+}
+
 pub struct CachedStore {
     inner: Arc<dyn MetaStore>,
     principals: Map<String, Option<Principal>>,
@@ -92,9 +100,7 @@ impl CachedStore {
     }
 
     fn containers_changed(&self) {
-        self.container_changes.bump();
-        self.containers.clear();
-        self.container_changes.bump();
+        invalidate(&self.container_changes, || self.containers.clear());
     }
 
     /// The change feed this store publishes (see [`crate::cmk::Changes`]).
@@ -102,12 +108,8 @@ impl CachedStore {
         self.changes.clone()
     }
 
-    /// After a committed write: bump the generation (fills in flight are dropped), clear, and
-    /// bump again (whoever read the generation before the clear revalidates after it).
     fn invalidate(&self, clear: impl FnOnce()) {
-        self.changes.bump();
-        clear();
-        self.changes.bump();
+        invalidate(&self.changes, clear);
     }
 
     fn resources_changed(&self) {

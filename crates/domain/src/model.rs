@@ -209,7 +209,7 @@ pub struct Part {
 
 /// A committed blob: its bytes are the concatenation of its parts, each an encrypted object
 /// (format v1) in the byte store of its region.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BlobRecord {
     pub account: String,
     pub container: String,

@@ -103,10 +103,6 @@ struct Head {
     checkpointed_at: Option<std::time::Instant>,
 }
 
-fn writer_err(e: &sqlx::Error) -> DomainError {
-    DomainError::Internal(format!("metadata store: {e}"))
-}
-
 impl AuditWriter {
     fn start(pool: SqlitePool) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<WriteJob>(4096);
@@ -183,7 +179,7 @@ impl AuditWriter {
                             failed_in_a_row = if r.is_ok() { 0 } else { failed_in_a_row + 1 };
                             let _ = job.done.send(match r {
                                 Ok(mut old) => Ok(old.pop().flatten()),
-                                Err(e) => Err(writer_err(&e)),
+                                Err(e) => Err(db_err(e)),
                             });
                         }
                     }
@@ -1621,20 +1617,8 @@ mod tests {
             container: "c".into(),
             name: "b".into(),
             region: "eastus".into(),
-            parts: vec![],
-            size: 0,
             etag,
-            created: 0,
-            last_modified: 0,
-            content_type: None,
-            content_encoding: None,
-            content_language: None,
-            content_disposition: None,
-            cache_control: None,
-            content_md5: None,
-            metadata: None,
-            cpk: None,
-            scope: None,
+            ..Default::default()
         };
         let tasks: Vec<_> = (0..40)
             .map(|i| {
