@@ -466,7 +466,7 @@ struct BodySource(Body);
 
 #[async_trait]
 impl ByteSource for BodySource {
-    async fn next_chunk(&mut self) -> coffer_domain::Result<Option<Vec<u8>>> {
+    async fn next_chunk(&mut self) -> coffer_domain::Result<Option<bytes::Bytes>> {
         loop {
             match self.0.frame().await {
                 None => return Ok(None),
@@ -480,7 +480,7 @@ impl ByteSource for BodySource {
                         if d.is_empty() {
                             continue;
                         }
-                        return Ok(Some(d.to_vec()));
+                        return Ok(Some(d));
                     }
                 }
             }

@@ -10,7 +10,11 @@
 //!   of two, and one thread hand-off instead of one per file operation (those were most of a
 //!   4 KiB Put Blob's cost).
 //! - **Large objects** stream into a temporary file that is fsynced, renamed into place and
-//!   its directory fsynced at commit.
+//!   its directory fsynced at commit. While they stream, every [`WRITEBACK_EVERY`] bytes a
+//!   background `fdatasync` (on a blocking thread, at most one at a time) starts writing the
+//!   file out, so the commit's fsync finds little left to write instead of the whole object
+//!   (for 256 MiB on this project's test machine: about 100 ms, 15 % of an upload). An error
+//!   of any of them fails the commit.
 //!
 //! A spare's name exists before its object does, so the garbage collector must not take it
 //! for an old orphan: [`ByteStore::delete_orphan`] skips every spare not yet committed (kept
@@ -35,6 +39,9 @@ pub const SPARE_MAX_LEN: u64 = 128 * 1024;
 pub const SPARE_BATCH: usize = 64;
 /// A spare file is handed out only this long after its creation.
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(600);
+/// A streaming object starts a background write-out after this many bytes written since
+/// the last one began (if none is still running).
+pub const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// Spare files: free ones (with their creation time, oldest first) and ones handed out whose
 /// writer has not committed or been dropped yet.
@@ -142,8 +149,68 @@ enum Body {
     /// Nothing on disk yet.
     Buffered(Vec<u8>),
     /// Streaming into the temporary file.
-    Open(tokio::fs::File),
+    Open(Streaming),
     Closed,
+}
+
+/// A temporary file being streamed into, and its background write-outs.
+struct Streaming {
+    file: tokio::fs::File,
+    /// Another handle on the same file, for `fdatasync` beside the writes.
+    syncer: Arc<std::fs::File>,
+    /// Bytes written since the last write-out began.
+    unsynced: u64,
+    /// The write-out running, if any.
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Streaming {
+    fn new(file: std::fs::File) -> std::io::Result<Self> {
+        Ok(Self {
+            syncer: Arc::new(file.try_clone()?),
+            file: tokio::fs::File::from_std(file),
+            unsynced: 0,
+            syncing: None,
+        })
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.file.write_all(data).await.map_err(io)?;
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= WRITEBACK_EVERY {
+            let idle = match &self.syncing {
+                Some(h) if !h.is_finished() => false,
+                Some(_) => {
+                    self.settle().await?;
+                    true
+                }
+                None => true,
+            };
+            if idle {
+                let f = self.syncer.clone();
+                self.syncing = Some(tokio::task::spawn_blocking(move || f.sync_data()));
+                self.unsynced = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait for the running write-out, if any; its error is the object's.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(h) = self.syncing.take() {
+            h.await
+                .map_err(|_| DomainError::Internal("byte store task".into()))?
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Flush what is buffered and wait for the write-outs: the file, ready to be published.
+    async fn finish(mut self) -> Result<std::fs::File> {
+        self.file.flush().await.map_err(io)?;
+        self.settle().await?;
+        Ok(self.file.into_std().await)
+    }
 }
 
 struct FsWriter {
@@ -247,12 +314,12 @@ impl ObjectWriter for FsWriter {
                 self.body = Body::Closed;
                 let file = blocking(move || create_tmp(&tmp, &head)).await?;
                 self.tmp_exists = true;
-                let mut file = tokio::fs::File::from_std(file);
-                let written = file.write_all(data).await.map_err(io);
+                let mut file = Streaming::new(file).map_err(io)?;
+                let written = file.write(data).await;
                 self.body = Body::Open(file);
                 written
             }
-            Body::Open(f) => f.write_all(data).await.map_err(io),
+            Body::Open(f) => f.write(data).await,
             Body::Closed => Err(DomainError::Internal("writer closed".into())),
         }
     }
@@ -261,10 +328,9 @@ impl ObjectWriter for FsWriter {
         let (tmp, dest, spare) = (self.tmp.clone(), self.dest.clone(), self.spare.is_some());
         let done = match std::mem::replace(&mut self.body, Body::Closed) {
             Body::Buffered(buf) => blocking(move || write_small(&buf, spare, &tmp, &dest)).await,
-            Body::Open(mut f) => {
-                // Flushed or not, the file is handed to `publish` or left to Drop.
-                f.flush().await.map_err(io)?;
-                let file = f.into_std().await;
+            Body::Open(f) => {
+                // Finished, the file is handed to `publish`; if not, Drop removes it.
+                let file = f.finish().await?;
                 self.tmp_exists = false;
                 blocking(move || publish(file, &tmp, &dest)).await
             }
@@ -505,6 +571,50 @@ mod tests {
         // ids are validated
         assert!(s.create("../etc/passwd").await.is_err());
         assert!(s.create("ABCDEF0123456789abcdef0123456789").await.is_err());
+        Ok(())
+    }
+
+    /// An object larger than a few write-out intervals streams with write-outs started
+    /// beside it (the last one may still run at commit, which waits for it) and reads back
+    /// byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_objects_are_written_out_while_they_stream() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io)?;
+        let s = FsByteStore::new(dir.path().to_path_buf())?;
+        let id = s.allocate(3 * WRITEBACK_EVERY + 7).await?;
+        let mut w = s.create(&id).await?;
+        let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut written = 0u64;
+        while written < 3 * WRITEBACK_EVERY {
+            w.write(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        w.write(b"the end").await?;
+        w.commit().await?;
+        let path = dir.path().join(&id[..2]).join(&id);
+        assert_eq!(
+            std::fs::metadata(&path).map_err(io)?.len(),
+            3 * WRITEBACK_EVERY + 7
+        );
+        assert_eq!(s.read(&id, 3 * WRITEBACK_EVERY, 7).await?, b"the end");
+        let at = WRITEBACK_EVERY + 12345;
+        assert_eq!(
+            s.read(&id, at, 100).await?,
+            chunk[(at % (1 << 20)) as usize..][..100]
+        );
+        // dropped mid-stream, with a write-out maybe running: nothing is left behind
+        let gone = s.allocate(2 * WRITEBACK_EVERY).await?;
+        let mut w = s.create(&gone).await?;
+        for _ in 0..(WRITEBACK_EVERY >> 20) + 1 {
+            w.write(&chunk).await?;
+        }
+        drop(w);
+        assert!(
+            std::fs::read_dir(dir.path().join(&gone[..2]))
+                .map_err(io)?
+                .filter_map(|e| e.ok())
+                .all(|e| !e.file_name().to_string_lossy().starts_with(&gone))
+        );
         Ok(())
     }
 

@@ -49,10 +49,11 @@ pub mod actions {
         "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete";
 }
 
-/// A source of request body bytes (implemented by the protocol layer).
+/// A source of request body bytes (implemented by the protocol layer). Chunks are shared
+/// buffers: the body's frames pass to the checksum thread and the encryption uncopied.
 #[async_trait]
 pub trait ByteSource: Send {
-    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>>;
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>>;
 }
 
 /// Bodies at least this large have their checksums computed on a blocking thread beside the
@@ -67,7 +68,7 @@ enum Checksummer {
         Option<coffer_crypto::checksum::Crc64>,
     ),
     Offloaded {
-        tx: tokio::sync::mpsc::Sender<std::sync::Arc<Vec<u8>>>,
+        tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
         done: tokio::task::JoinHandle<([u8; 16], Option<[u8; 8]>)>,
     },
 }
@@ -78,7 +79,7 @@ impl Checksummer {
         if len < OFFLOAD_CHECKSUMS {
             return Self::Inline(Md5::new(), crc.then(Crc64::new));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::sync::Arc<Vec<u8>>>(32);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
         let done = tokio::task::spawn_blocking(move || {
             let (mut md5, mut crc) = (Md5::new(), crc.then(Crc64::new));
             while let Some(chunk) = rx.blocking_recv() {
@@ -93,8 +94,7 @@ impl Checksummer {
     }
 
     /// Account for `chunk`; hands it back for encryption.
-    async fn update(&mut self, chunk: Vec<u8>) -> Result<std::sync::Arc<Vec<u8>>> {
-        let chunk = std::sync::Arc::new(chunk);
+    async fn update(&mut self, chunk: bytes::Bytes) -> Result<bytes::Bytes> {
         match self {
             Self::Inline(md5, crc) => {
                 md5.update(&chunk);
@@ -1303,8 +1303,8 @@ impl BlobService {
         struct ReaderSource(BlobReader);
         #[async_trait]
         impl ByteSource for ReaderSource {
-            async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-                self.0.next_chunk().await
+            async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>> {
+                Ok(self.0.next_chunk().await?.map(bytes::Bytes::from))
             }
         }
         let mut source = ReaderSource(self.read(src_acct, &src, 0, src.size).await?);
