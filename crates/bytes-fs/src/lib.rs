@@ -16,6 +16,14 @@
 //!   (for 256 MiB on this project's test machine: about 100 ms, 15 % of an upload). An error
 //!   of any of them fails the commit.
 //!
+//! Deleting a small object *recycles* its file: truncated, it becomes a free spare (up to
+//! [`SPARE_MAX_FREE`] of them), so a workload that overwrites small blobs creates and deletes
+//! no inode per write. On ext4 without a journal every inode allocation scans past the inodes
+//! deleted in the last minutes, so unlinking one file per write made each new file dearer the
+//! longer the load ran (docs/benchmarks.md). A recycled id serves a new object with a new
+//! DEK; a reader still holding the old record then fails authentication, never reads another
+//! object's bytes as its own.
+//!
 //! A spare's name exists before its object does, so the garbage collector must not take it
 //! for an old orphan: [`ByteStore::delete_orphan`] skips every spare not yet committed (kept
 //! in memory from creation until its writer commits or is dropped) and every file modified
@@ -39,6 +47,10 @@ pub const SPARE_MAX_LEN: u64 = 128 * 1024;
 pub const SPARE_BATCH: usize = 64;
 /// A spare file is handed out only this long after its creation.
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(600);
+/// Deleted objects of at most this many bytes are recycled as spares ...
+pub const RECYCLE_MAX_BYTES: u64 = 2 * SPARE_MAX_LEN;
+/// ... while fewer than this many spares are free.
+pub const SPARE_MAX_FREE: usize = 1024;
 /// A streaming object starts a background write-out after this many bytes written since
 /// the last one began (if none is still running).
 pub const WRITEBACK_EVERY: u64 = 16 << 20;
@@ -379,12 +391,15 @@ impl ByteStore for FsByteStore {
     async fn create(&self, object_id: &str) -> Result<Box<dyn ObjectWriter>> {
         let dest = self.path(object_id)?;
         let tmp = dest.with_extension("tmp");
-        let issued = self
-            .spares
-            .lock()
-            .map_err(|_| poisoned())?
-            .issued
-            .contains(object_id);
+        let issued = {
+            let mut s = self.spares.lock().map_err(|_| poisoned())?;
+            // Ids come from `allocate`; one created otherwise must never be handed out too.
+            if let Some(at) = s.free.iter().position(|(f, _)| f == object_id) {
+                s.free.remove(at);
+                s.issued.insert(object_id.to_string());
+            }
+            s.issued.contains(object_id)
+        };
         Ok(Box::new(FsWriter {
             body: Body::Buffered(Vec::new()),
             tmp,
@@ -499,12 +514,39 @@ impl ByteStore for FsByteStore {
         .await
     }
 
+    /// Recycle a small object's file as a free spare (truncated under the spares' lock, so
+    /// no one can be handed it before it is empty), or remove the file.
     async fn delete(&self, object_id: &str) -> Result<()> {
-        match tokio::fs::remove_file(self.path(object_id)?).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(e)),
-        }
+        let path = self.path(object_id)?;
+        let spares = self.spares.clone();
+        let id = object_id.to_string();
+        blocking(move || {
+            let mut s = spares
+                .lock()
+                .map_err(|_| std::io::Error::other("lock poisoned"))?;
+            if s.free.iter().any(|(f, _)| *f == id) {
+                return Ok(()); // recycled already
+            }
+            if !s.issued.contains(&id) && s.free.len() < SPARE_MAX_FREE {
+                let f = match std::fs::OpenOptions::new().write(true).open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if f.metadata()?.len() <= RECYCLE_MAX_BYTES {
+                    f.set_len(0)?;
+                    s.free.push((id, Instant::now()));
+                    return Ok(());
+                }
+            }
+            drop(s);
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 }
 
@@ -527,9 +569,10 @@ mod tests {
         s.delete(id).await?;
         assert!(s.read(id, 0, 1).await.is_err());
         // an abandoned writer leaves nothing
-        let w = s.create(id).await?;
+        let abandoned = "abababababababababababababababab";
+        let w = s.create(abandoned).await?;
         drop(w);
-        assert!(s.read(id, 0, 0).await.is_err());
+        assert!(s.read(abandoned, 0, 0).await.is_err());
         // the collector's scan: committed objects are listed, abandoned partial writes removed
         let mut w = s.create(id).await?;
         w.write(b"x").await?;
@@ -615,6 +658,49 @@ mod tests {
                 .filter_map(|e| e.ok())
                 .all(|e| !e.file_name().to_string_lossy().starts_with(&gone))
         );
+        Ok(())
+    }
+
+    /// A deleted small object's file becomes a free spare (empty at once); a large one is
+    /// removed; deleting twice recycles once; the collector leaves free spares alone.
+    #[tokio::test]
+    async fn deleted_small_objects_are_recycled_as_spares() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io)?;
+        let s = FsByteStore::new(dir.path().to_path_buf())?;
+        let id = s.allocate(4096).await?;
+        let mut w = s.create(&id).await?;
+        w.write(&[5u8; 4096]).await?;
+        w.commit().await?;
+        let path = dir.path().join(&id[..2]).join(&id);
+        s.delete(&id).await?;
+        s.delete(&id).await?;
+        assert_eq!(std::fs::metadata(&path).map_err(io)?.len(), 0);
+        assert!(s.read(&id, 0, 1).await.is_err());
+        assert!(!s.delete_orphan(&id, Duration::ZERO).await?);
+        // handed out again (newest first), once
+        let again = s.allocate(10).await?;
+        assert_eq!(again, id);
+        assert_ne!(s.allocate(10).await?, id);
+        let mut w = s.create(&again).await?;
+        w.write(b"second life").await?;
+        w.commit().await?;
+        assert_eq!(s.read(&id, 0, 11).await?, b"second life");
+        assert_eq!(std::fs::metadata(&path).map_err(io)?.len(), 11);
+        // a large object's file is removed
+        let big = s.allocate(RECYCLE_MAX_BYTES + 1).await?;
+        let mut w = s.create(&big).await?;
+        w.write(&vec![1u8; RECYCLE_MAX_BYTES as usize + 1]).await?;
+        w.commit().await?;
+        s.delete(&big).await?;
+        assert!(!dir.path().join(&big[..2]).join(&big).exists());
+        // an id created without `allocate` is never handed out as a spare as well
+        let mut w = s.create(&id).await?;
+        w.write(b"x").await?;
+        w.commit().await?;
+        s.delete(&id).await?;
+        let w = s.create(&id).await?;
+        assert_ne!(s.allocate(10).await?, id);
+        drop(w);
         Ok(())
     }
 
