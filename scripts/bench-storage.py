@@ -396,8 +396,12 @@ def curl(srv: Server, blob: str, size: int, upload: Optional[Path] = None,
     if sampler:
         sampler.start()
     cpu0, cs0 = tree_cpu(srv.pid), ctx_switches(srv.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, capture_output=True, text=True)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu, cs = tree_cpu(srv.pid) - cpu0, ctx_switches(srv.pid) - cs0
+    # curl's own CPU (user + system), from the rusage of the waited child
+    client = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     memory = sampler.finish() if sampler else None
     if p.returncode != 0:
         raise RuntimeError(f"{srv.name}: curl failed ({p.returncode}): {p.stderr[:500]}")
@@ -406,7 +410,8 @@ def curl(srv: Server, blob: str, size: int, upload: Optional[Path] = None,
     moved = int(up) if upload else int(down)
     if int(code) != want or moved != size:
         raise RuntimeError(f"{srv.name}: curl HTTP {code}, {moved} of {size} bytes")
-    return {"mbs": size / float(secs) / MB, "secs": float(secs), "cpu": cpu, "cs": cs, "mem": memory}
+    return {"mbs": size / float(secs) / MB, "secs": float(secs), "cpu": cpu, "cs": cs, "mem": memory,
+            "client": client}
 
 
 def sha256_of(srv: Server, blob: str) -> str:
@@ -604,7 +609,8 @@ http {{
             for name in ("Coffer", "Azurite"):
                 r = curl(self.servers[name], f"big-{i}.bin", size, upload=self.big)
                 res[name]["up"].append(r)
-                log(f"{name}: upload {a.big_mib} MiB {r['mbs']:.0f} MB/s, server CPU {r['cpu']:.2f} s")
+                log(f"{name}: upload {a.big_mib} MiB {r['mbs']:.0f} MB/s, server CPU {r['cpu']:.2f} s, "
+                    f"curl CPU {r['client']:.2f} s")
         for name in ("Coffer", "Azurite"):
             got = sha256_of(self.servers[name], "big-0.bin")
             assert got == self.big_sha, f"{name}: big-0.bin read back with different bytes"
@@ -613,7 +619,8 @@ http {{
                 blob = "big.bin" if name == "nginx" else f"big-{i}.bin"
                 r = curl(self.servers[name], blob, size)
                 res[name]["down"].append(r)
-                log(f"{name}: download {a.big_mib} MiB {r['mbs']:.0f} MB/s, server CPU {r['cpu']:.2f} s")
+                log(f"{name}: download {a.big_mib} MiB {r['mbs']:.0f} MB/s, server CPU {r['cpu']:.2f} s, "
+                    f"curl CPU {r['client']:.2f} s")
         return res
 
     def small_ops(self) -> dict:
@@ -790,14 +797,23 @@ def report(args, m, bench: Bench, tp: dict, small: dict, mem: dict, load: dict, 
     out.append(f"Transfers: `curl` (same command for every server, `--http1.1 --tlsv1.3`, to/from a file), "
                f"{a.transfers} of each per server, interleaved; median shown, MB = 10^6 bytes, from curl's "
                f"`time_total`. Server CPU from `/proc/<pid>/stat` (server and its child processes).\n")
-    out.append("| server | upload MB/s (median) | min–max | server CPU s per upload | download MB/s (median) | min–max | server CPU s per download |")
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("| server | upload MB/s (median) | min–max | server CPU s per upload | curl CPU s per upload | download MB/s (median) | min–max | server CPU s per download | curl CPU s per download | both, CPU s per download |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("Coffer", "Azurite", "nginx"):
         if tp[name]["up"]:
-            up = f"{med(name, 'up'):.0f} | {rng(name, 'up')} | {med(name, 'up', 'cpu'):.2f}"
+            up = (f"{med(name, 'up'):.0f} | {rng(name, 'up')} | {med(name, 'up', 'cpu'):.2f} "
+                  f"| {med(name, 'up', 'client'):.2f}")
         else:
-            up = "— | — | —"
-        out.append(f"| {name} | {up} | {med(name, 'down'):.0f} | {rng(name, 'down')} | {med(name, 'down', 'cpu'):.2f} |")
+            up = "— | — | — | —"
+        both = median([r["cpu"] + r["client"] for r in tp[name]["down"]])
+        out.append(f"| {name} | {up} | {med(name, 'down'):.0f} | {rng(name, 'down')} | {med(name, 'down', 'cpu'):.2f} "
+                   f"| {med(name, 'down', 'client'):.2f} | {both:.2f} |")
+    out.append("")
+    out.append(f"curl's CPU is its user + system time (rusage). With {m['nproc']} cores, a transfer cannot "
+               f"take less wall time than (server CPU + curl CPU) / {m['nproc']}, nor less than curl's own "
+               f"CPU time: curl alone, against a server that cost nothing, would download {a.big_mib} MiB at "
+               f"most at {a.big_mib * MIB / MB / max(med('nginx', 'down', 'client'), 1e-9):.0f} MB/s here "
+               f"(its median CPU time against nginx).")
     out.append("")
     out.append(f"4 KiB operations: `wrk -t {a.threads} -c {a.connections} -d {a.seconds:g}s` with a Lua script "
                f"(fixed request: PUT of one 4 KiB random body to one blob, or GET of one 4 KiB blob; account SAS "
