@@ -1552,15 +1552,10 @@ async fn execute(
                 (Some(first), reader),
                 |(pending, mut reader)| async move {
                     if let Some(chunk) = pending {
-                        return chunk.map(|c| {
-                            (
-                                Ok::<_, std::io::Error>(bytes::Bytes::from(c)),
-                                (None, reader),
-                            )
-                        });
+                        return chunk.map(|c| (Ok::<_, std::io::Error>(c), (None, reader)));
                     }
                     match reader.next_chunk().await {
-                        Ok(Some(c)) => Some((Ok(bytes::Bytes::from(c)), (None, reader))),
+                        Ok(Some(c)) => Some((Ok(c), (None, reader))),
                         Ok(None) => None,
                         Err(e) => {
                             tracing::error!(error = %e, "blob read failed mid-stream");
