@@ -17,6 +17,7 @@ use axum::response::Response;
 use coffer_domain::DomainError;
 use coffer_domain::blob::{
     BlobAuth, BlockListKind, ByteSource, Checksums, ContentHeaders, ListItem, MAX_BLOCKS,
+    WriteCondition,
 };
 use coffer_domain::identity::Plane;
 use coffer_domain::mgmt::BlobAccount;
@@ -106,6 +107,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
             (StatusCode::BAD_REQUEST, "InvalidInput")
         }
         DomainError::Conflict(_) => (StatusCode::CONFLICT, "BlobAlreadyExists"),
+        DomainError::ConditionNotMet => (StatusCode::PRECONDITION_FAILED, "ConditionNotMet"),
         DomainError::ResourceNotFound { .. }
         | DomainError::VaultNotFound(_)
         | DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
@@ -615,7 +617,13 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     let client_info = crate::user_agent(req.headers());
     let request_uri: String = req.uri().path().chars().take(512).collect();
     let mut seen = Seen::default();
+    let (req, unread) = {
+        let (parts, body) = req.into_parts();
+        let (unread, body) = crate::body::Retained::wrap(body);
+        (Request::from_parts(parts, body), unread)
+    };
     let resp = serve(&state, req, &rid, &mut seen).await;
+    unread.drain().await;
     let status = resp.status();
     let rec = coffer_domain::audit::AuditRecord {
         time: state.clock.now(),
@@ -1414,28 +1422,14 @@ async fn execute(
             let headers = content_headers(h, true);
             let meta = metadata_from(h)?;
             let if_none_match_any = hv(h, "if-none-match") == Some("*");
-            if has_write_conditions(h) {
-                let cur = svc
-                    .current_for_write(auth, acct, &container, &blob, false)
-                    .await?;
-                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
-                    return Ok(condition_response(f, None, rid));
-                }
-            }
+            let cond = write_condition(h, if_none_match_any);
+            let cond: Option<WriteCondition<'_>> =
+                (if_none_match_any || has_write_conditions(h)).then_some(&cond);
             let sums = checksums(h)?;
             let mut src = BodySource(body);
             let rec = match svc
                 .put_blob(
-                    auth,
-                    acct,
-                    &container,
-                    &blob,
-                    len,
-                    &mut src,
-                    headers,
-                    &meta,
-                    if_none_match_any,
-                    sums,
+                    auth, acct, &container, &blob, len, &mut src, headers, &meta, cond, sums,
                 )
                 .await
             {
@@ -1621,14 +1615,9 @@ async fn execute(
                 }
             };
             let list = parse_block_list(&xml)?;
-            if has_write_conditions(h) || hv(h, "if-none-match") == Some("*") {
-                let cur = svc
-                    .current_for_write(auth, acct, &container, &blob, false)
-                    .await?;
-                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
-                    return Ok(condition_response(f, None, rid));
-                }
-            }
+            let cond = write_condition(h, false);
+            let cond: Option<WriteCondition<'_>> =
+                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
             let meta = metadata_from(h)?;
             let rec = svc
                 .put_block_list(
@@ -1639,6 +1628,7 @@ async fn execute(
                     &list,
                     content_headers(h, false),
                     &meta,
+                    cond,
                 )
                 .await?;
             ok(base(StatusCode::CREATED, rid)
@@ -1723,15 +1713,9 @@ async fn execute(
                 .header(http::header::LAST_MODIFIED, httpdate(c.last_modified)))
         }
         BlobOp::DeleteBlob { container, blob } => {
-            if has_write_conditions(h) {
-                let cur = svc
-                    .current_for_write(auth, acct, &container, &blob, true)
-                    .await?;
-                if let Some(f) = check_conditions(h, cur.as_ref(), false) {
-                    return Ok(condition_response(f, None, rid));
-                }
-            }
-            svc.delete_blob(auth, acct, &container, &blob).await?;
+            let cond = write_condition(h, false);
+            let cond: Option<WriteCondition<'_>> = has_write_conditions(h).then_some(&cond);
+            svc.delete_blob(auth, acct, &container, &blob, cond).await?;
             ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
         }
     })
@@ -1943,6 +1927,26 @@ fn condition_response(f: CondFailure, rec: Option<&BlobRecord>, rid: &str) -> Re
             "The condition specified using HTTP conditional header(s) is not met.",
             rid,
         ),
+    }
+}
+
+/// A write's conditional headers as the domain evaluates them, against the version the write
+/// would replace and again at its commit: Azure's 412 ConditionNotMet, or for Put Blob with
+/// `If-None-Match: *` (`exists_conflicts`) 409 BlobAlreadyExists when the blob exists.
+fn write_condition(
+    h: &HeaderMap,
+    exists_conflicts: bool,
+) -> impl Fn(Option<&BlobRecord>) -> coffer_domain::Result<()> + Send + Sync + '_ {
+    move |current| {
+        if exists_conflicts && current.is_some() {
+            return Err(DomainError::Conflict(
+                "The specified blob already exists.".into(),
+            ));
+        }
+        match check_conditions(h, current, false) {
+            Some(_) => Err(DomainError::ConditionNotMet),
+            None => Ok(()),
+        }
     }
 }
 

@@ -369,6 +369,13 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
             Some("ForbiddenByRbac"),
             rid,
         ),
+        DomainError::ConditionNotMet => kv_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            &msg,
+            None,
+            rid,
+        ),
         DomainError::Conflict(_)
         | DomainError::RoleAssignmentExists
         | DomainError::VaultNameInUse(_)

@@ -23,8 +23,18 @@ use crate::identity::Caller;
 use crate::mgmt::{BlobAccount, MgmtService};
 use crate::model::{BlobRecord, ContainerRecord, Part, StagedBlock};
 use crate::rbac::{ActionKind, Rbac};
-use crate::store::MetaStore;
+use crate::store::{Expect, MetaStore};
 use crate::{DomainError, Result};
+
+/// A write's conditions (Azure's conditional headers), evaluated against the committed
+/// version the write would replace (`None`: there is none); an error refuses the write.
+/// The commit then expects that very version, so the conditions cannot pass for one version
+/// and apply to another; when a concurrent write got in between, they are evaluated again
+/// against the newer version (a few times at most, then 412).
+pub type WriteCondition<'a> = &'a (dyn Fn(Option<&BlobRecord>) -> Result<()> + Send + Sync);
+
+/// Times a conditional write evaluates its conditions again after losing a race.
+const CONDITION_RETRIES: usize = 5;
 
 /// How a blob request was authenticated.
 pub enum BlobAuth {
@@ -710,7 +720,7 @@ impl BlobService {
         body: &mut dyn ByteSource,
         headers: ContentHeaders,
         meta: &[(String, String)],
-        if_none_match_any: bool,
+        cond: Option<WriteCondition<'_>>,
         expected: Checksums,
     ) -> Result<BlobRecord> {
         self.authorize(
@@ -730,17 +740,8 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
-        if if_none_match_any
-            && self
-                .store
-                .get_blob(&acct.name, container, name)
-                .await?
-                .is_some()
-        {
-            return Err(DomainError::Conflict(
-                "The specified blob already exists.".into(),
-            ));
-        }
+        // Conditions first: a refused write reads no body.
+        let expect = self.evaluate(cond, &acct.name, container, name).await?;
         let (part, digest) = self
             .write_object(acct, container, name, len, body, None, expected)
             .await?;
@@ -770,28 +771,33 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        self.commit_replacing(rec).await
+        let (region, written) = (rec.region.clone(), rec.parts.clone());
+        match self.commit_replacing(rec, expect, cond).await {
+            Err(e @ (DomainError::ConditionNotMet | DomainError::Conflict(_))) => {
+                // Refused before anything committed: the object is nobody's.
+                self.forget_parts(&region, written, &[]).await;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
-    /// The committed record of a blob, for evaluating a write's conditions; the caller must
-    /// first hold the write permission (checked here), so a 412 reveals nothing it could not
-    /// learn by writing.
-    pub async fn current_for_write(
+    /// Evaluate a write's conditions against the committed version (under the write
+    /// permission, checked by the caller first, so a 412 reveals nothing it could not learn
+    /// by writing); what the commit must then find.
+    async fn evaluate(
         &self,
-        auth: &BlobAuth,
-        acct: &BlobAccount,
+        cond: Option<WriteCondition<'_>>,
+        account: &str,
         container: &str,
         name: &str,
-        action_delete: bool,
-    ) -> Result<Option<BlobRecord>> {
-        let action = if action_delete {
-            actions::BLOB_DELETE
-        } else {
-            actions::BLOB_WRITE
+    ) -> Result<Expect> {
+        let Some(cond) = cond else {
+            return Ok(Expect::Any);
         };
-        self.authorize(auth, acct, action, ActionKind::Data, Some(container))
-            .await?;
-        self.store.get_blob(&acct.name, container, name).await
+        let current = self.store.get_blob(account, container, name).await?;
+        cond(current.as_ref())?;
+        Ok(Expect::current(current.as_ref()))
     }
 
     pub async fn get_blob_record(
@@ -975,8 +981,26 @@ impl BlobService {
     /// Commit a new version of a blob; the objects of the version it replaced are deleted
     /// after the response, off the request's path (nothing references them any more; if the
     /// process stops first, the garbage collector finds them).
-    async fn commit_replacing(&self, rec: BlobRecord) -> Result<BlobRecord> {
-        let old = self.store.commit_blob(&rec).await?;
+    async fn commit_replacing(
+        &self,
+        rec: BlobRecord,
+        mut expect: Expect,
+        cond: Option<WriteCondition<'_>>,
+    ) -> Result<BlobRecord> {
+        let mut retries = 0;
+        let old = loop {
+            match self.store.commit_blob(&rec, &expect).await {
+                Err(DomainError::ConditionNotMet)
+                    if cond.is_some() && retries < CONDITION_RETRIES =>
+                {
+                    retries += 1;
+                    expect = self
+                        .evaluate(cond, &rec.account, &rec.container, &rec.name)
+                        .await?;
+                }
+                other => break other?,
+            }
+        };
         let doomed = unreferenced(old.map(|o| o.parts).unwrap_or_default(), &rec.parts);
         if !doomed.is_empty()
             && let Ok(bytes) = self.bytes_for(&rec.region)
@@ -1067,6 +1091,7 @@ impl BlobService {
         list: &[(BlockListKind, String)],
         headers: ContentHeaders,
         meta: &[(String, String)],
+        cond: Option<WriteCondition<'_>>,
     ) -> Result<BlobRecord> {
         self.authorize(
             auth,
@@ -1090,11 +1115,41 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
+        // The list is resolved against the blocks and the version read here, and commits only
+        // if that version is still the current one (else again, against the newer one): a
+        // concurrent commit has dropped those staged blocks, or the objects of the committed
+        // blocks it replaced.
+        for _ in 0..=CONDITION_RETRIES {
+            if let Some(rec) = self
+                .commit_block_list(acct, container, name, list, headers.clone(), meta, cond)
+                .await?
+            {
+                return Ok(rec);
+            }
+        }
+        Err(DomainError::ConditionNotMet)
+    }
+
+    /// One attempt of Put Block List (see there): None if another write committed first.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_block_list(
+        &self,
+        acct: &BlobAccount,
+        container: &str,
+        name: &str,
+        list: &[(BlockListKind, String)],
+        headers: ContentHeaders,
+        meta: &[(String, String)],
+        cond: Option<WriteCondition<'_>>,
+    ) -> Result<Option<BlobRecord>> {
         let staged = self
             .store
             .list_staged_blocks(&acct.name, container, name)
             .await?;
         let current = self.store.get_blob(&acct.name, container, name).await?;
+        if let Some(cond) = cond {
+            cond(current.as_ref())?;
+        }
         let committed: Vec<Part> = current
             .as_ref()
             .map(|c| c.parts.clone())
@@ -1172,12 +1227,19 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        let old = self.store.commit_blob(&rec).await?;
+        let old = match self
+            .store
+            .commit_blob(&rec, &Expect::current(current.as_ref()))
+            .await
+        {
+            Err(DomainError::ConditionNotMet) => return Ok(None),
+            other => other?,
+        };
         // Everything staged or committed before and not part of the new blob goes.
         let mut unused: Vec<Part> = staged.into_iter().map(|s| s.part).collect();
         unused.extend(old.map(|o| o.parts).unwrap_or_default());
         self.forget_parts(&rec.region, unused, &rec.parts).await;
-        Ok(rec)
+        Ok(Some(rec))
     }
 
     /// Change a committed blob's record (not its bytes) under the write permission; gives it a
@@ -1381,7 +1443,7 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        self.commit_replacing(rec).await
+        self.commit_replacing(rec, Expect::Any, None).await
     }
 
     /// Garbage collection: expire uncommitted blocks older than [`STAGED_BLOCK_TTL`] (test
@@ -1479,6 +1541,7 @@ impl BlobService {
         acct: &BlobAccount,
         container: &str,
         name: &str,
+        cond: Option<WriteCondition<'_>>,
     ) -> Result<()> {
         self.authorize(
             auth,
@@ -1496,11 +1559,19 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
-        let old = self
-            .store
-            .delete_blob(&acct.name, container, name)
-            .await?
-            .ok_or(DomainError::BlobNotFound)?;
+        let mut retries = 0;
+        let old = loop {
+            let expect = self.evaluate(cond, &acct.name, container, name).await?;
+            match self
+                .store
+                .delete_blob(&acct.name, container, name, &expect)
+                .await
+            {
+                Err(DomainError::ConditionNotMet) if retries < CONDITION_RETRIES => retries += 1,
+                other => break other?,
+            }
+        }
+        .ok_or(DomainError::BlobNotFound)?;
         self.forget_parts(&old.region, old.parts, &[]).await;
         Ok(())
     }

@@ -20,7 +20,7 @@ use crate::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
     RoleAssignment, StagedBlock, Subscription,
 };
-use crate::store::MetaStore;
+use crate::store::{Expect, MetaStore};
 
 pub const TTL: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 100_000;
@@ -362,8 +362,11 @@ impl MetaStore for CachedStore {
         account: &str,
         container: &str,
         name: &str,
+        expect: &Expect,
     ) -> Result<Option<BlobRecord>> {
-        self.inner.delete_blob(account, container, name).await
+        self.inner
+            .delete_blob(account, container, name, expect)
+            .await
     }
 
     async fn put_staged_block(&self, b: &StagedBlock) -> Result<Option<StagedBlock>> {
@@ -379,8 +382,8 @@ impl MetaStore for CachedStore {
             .list_staged_blocks(account, container, blob)
             .await
     }
-    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
-        self.inner.commit_blob(b).await
+    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Option<BlobRecord>> {
+        self.inner.commit_blob(b, expect).await
     }
     async fn delete_account_data(&self, account: &str) -> Result<()> {
         let r = self.inner.delete_account_data(account).await;

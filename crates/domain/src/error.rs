@@ -91,6 +91,10 @@ pub enum DomainError {
     /// and Azure's `code` (KeyVaultEncryptionKeyNotFound, ...).
     #[error("{message}")]
     CmkUnavailable { code: &'static str, message: String },
+    /// A write's conditions (If-Match and the like, or the version it was built from) no
+    /// longer hold when it commits: 412 ConditionNotMet.
+    #[error("The condition specified using HTTP conditional header(s) is not met.")]
+    ConditionNotMet,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -9,6 +9,38 @@ use crate::model::{
     RoleAssignment, StagedBlock, Subscription,
 };
 
+/// What a write expects of the blob's committed version at the moment it commits; checked
+/// in the commit's own transaction, so a condition evaluated against one version never
+/// applies to another (If-Match, If-None-Match: *, a block list built from what it read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there.
+    Any,
+    /// No committed version.
+    Absent,
+    /// The version with this ETag.
+    Etag(String),
+}
+
+impl Expect {
+    /// Expect exactly `current` (a version read before, or its absence).
+    pub fn current(current: Option<&BlobRecord>) -> Self {
+        match current {
+            Some(c) => Self::Etag(c.etag.clone()),
+            None => Self::Absent,
+        }
+    }
+
+    /// Whether `stored` (the committed version, if any) is what was expected.
+    pub fn holds(&self, stored: Option<&BlobRecord>) -> bool {
+        match (self, stored) {
+            (Self::Any, _) | (Self::Absent, None) => true,
+            (Self::Etag(e), Some(s)) => *e == s.etag,
+            _ => false,
+        }
+    }
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     async fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -100,11 +132,15 @@ pub trait MetaStore: Send + Sync {
         marker: &str,
         limit: usize,
     ) -> Result<Vec<BlobRecord>>;
+    /// Delete a blob record (and its staged blocks) if the committed version is what
+    /// `expect` says, else fail with [`DomainError::ConditionNotMet`](crate::DomainError)
+    /// and change nothing; returns the deleted record.
     async fn delete_blob(
         &self,
         account: &str,
         container: &str,
         name: &str,
+        expect: &Expect,
     ) -> Result<Option<BlobRecord>>;
 
     /// Stage a block (replacing a staged block with the same id); returns the replaced one.
@@ -115,9 +151,10 @@ pub trait MetaStore: Send + Sync {
         container: &str,
         blob: &str,
     ) -> Result<Vec<StagedBlock>>;
-    /// Commit a blob and drop every staged block of it, atomically; returns the replaced
-    /// record.
-    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>>;
+    /// Commit a blob and drop every staged block of it, atomically, if the committed version
+    /// is what `expect` says (else [`DomainError::ConditionNotMet`](crate::DomainError) and
+    /// nothing changes); returns the replaced record.
+    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Option<BlobRecord>>;
     /// Remove every container, blob and staged block record of an account.
     async fn delete_account_data(&self, account: &str) -> Result<()>;
     /// Replace a committed blob's record (metadata/properties updates; staged blocks stay) if

@@ -15,7 +15,7 @@ use coffer_domain::model::{
     RoleAssignment, StagedBlock, Subscription,
 };
 use coffer_domain::rbac::normalize_scope;
-use coffer_domain::store::MetaStore;
+use coffer_domain::store::{Expect, MetaStore};
 use coffer_domain::{DomainError, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +44,7 @@ struct BlobJob {
     container: String,
     name: String,
     data: String,
+    expect: Expect,
     done: tokio::sync::oneshot::Sender<Result<Option<BlobRecord>>>,
 }
 
@@ -140,7 +141,7 @@ impl AuditWriter {
                             let _ = done.send(Ok(()));
                         }
                         for (job, old) in blobs.into_iter().zip(olds) {
-                            let _ = job.done.send(Ok(old));
+                            let _ = job.done.send(old);
                         }
                     }
                     Err(e) => {
@@ -178,7 +179,7 @@ impl AuditWriter {
                             };
                             failed_in_a_row = if r.is_ok() { 0 } else { failed_in_a_row + 1 };
                             let _ = job.done.send(match r {
-                                Ok(mut old) => Ok(old.pop().flatten()),
+                                Ok(mut old) => old.pop().unwrap_or(Ok(None)),
                                 Err(e) => Err(db_err(e)),
                             });
                         }
@@ -218,7 +219,7 @@ impl AuditWriter {
         audits: &[AuditJob],
         head: &mut Head,
         keys: Option<&AuditKeys>,
-    ) -> std::result::Result<Vec<Option<BlobRecord>>, sqlx::Error> {
+    ) -> std::result::Result<Vec<Result<Option<BlobRecord>>>, sqlx::Error> {
         let unkeyed;
         let chain_key = match keys {
             Some(k) => &k.chain,
@@ -264,6 +265,27 @@ impl AuditWriter {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut olds = Vec::with_capacity(blobs.len());
         for job in blobs {
+            if job.expect != Expect::Any {
+                // A conditional commit: the version it expects must be the one stored now
+                // (earlier commits of this batch included); if not, it writes nothing.
+                let stored = sqlx::query(
+                    "SELECT data FROM blobs WHERE account = ? AND container = ? AND name = ?",
+                )
+                .bind(&job.account)
+                .bind(&job.container)
+                .bind(&job.name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| {
+                    from_json::<BlobRecord>(r.try_get::<&str, _>("data")?)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+                })
+                .transpose()?;
+                if !job.expect.holds(stored.as_ref()) {
+                    olds.push(Err(DomainError::ConditionNotMet));
+                    continue;
+                }
+            }
             let found = sqlx::query(COMMIT_BLOB_SQL)
                 .bind(&job.account)
                 .bind(&job.container)
@@ -279,7 +301,7 @@ impl AuditWriter {
                 ),
                 None => None,
             };
-            olds.push(old);
+            olds.push(Ok(old));
         }
         if let Some(insert) = insert {
             insert.execute(&mut *tx).await?;
@@ -1026,6 +1048,7 @@ impl MetaStore for SqliteStore {
         account: &str,
         container: &str,
         name: &str,
+        expect: &Expect,
     ) -> Result<Option<BlobRecord>> {
         let mut tx = self
             .writer
@@ -1042,6 +1065,9 @@ impl MetaStore for SqliteStore {
                 .map_err(db_err)?
                 .map(|r| from_json::<BlobRecord>(r.get::<&str, _>("data")))
                 .transpose()?;
+        if !expect.holds(old.as_ref()) {
+            return Err(DomainError::ConditionNotMet); // the transaction rolls back
+        }
         for q in [
             "DELETE FROM blobs WHERE account = ? AND container = ? AND name = ?",
             "DELETE FROM staged_blocks WHERE account = ? AND container = ? AND blob = ?",
@@ -1108,7 +1134,7 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn commit_blob(&self, b: &BlobRecord) -> Result<Option<BlobRecord>> {
+    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Option<BlobRecord>> {
         let (done, result) = tokio::sync::oneshot::channel();
         let stopped = || DomainError::Internal("the metadata writer has stopped".into());
         self.audit
@@ -1118,6 +1144,7 @@ impl MetaStore for SqliteStore {
                 container: b.container.clone(),
                 name: b.name.clone(),
                 data: to_json(b)?,
+                expect: expect.clone(),
                 done,
             }))
             .await
@@ -1623,7 +1650,7 @@ mod tests {
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let (s, rec) = (s.clone(), version(format!("v{i}")));
-                tokio::spawn(async move { s.commit_blob(&rec).await })
+                tokio::spawn(async move { s.commit_blob(&rec, &Expect::Any).await })
             })
             .collect();
         let mut replaced = Vec::new();
@@ -1655,6 +1682,72 @@ mod tests {
         assert!(s.update_blob(&stale, &current.etag).await?);
         let now = s.get_blob("acct", "c", "b").await?;
         assert_eq!(now.map(|b| b.etag).as_deref(), Some("stale-update"));
+        Ok(())
+    }
+
+    /// Conditional commits and deletes apply only to the version they expect, checked in the
+    /// commit's transaction: of concurrent writes that all expect one version (group-committed
+    /// together or not), exactly one commits; a refused one changes nothing.
+    #[tokio::test]
+    async fn conditional_commits_apply_to_the_version_they_expect() -> Result<()> {
+        let s = std::sync::Arc::new(SqliteStore::memory().await?);
+        let version = |etag: &str| BlobRecord {
+            account: "acct".into(),
+            container: "c".into(),
+            name: "b".into(),
+            region: "eastus".into(),
+            etag: etag.into(),
+            ..Default::default()
+        };
+        let refused =
+            |r: Result<Option<BlobRecord>>| matches!(r, Err(DomainError::ConditionNotMet));
+        // create only if absent: once
+        assert!(
+            s.commit_blob(&version("v0"), &Expect::Absent)
+                .await?
+                .is_none()
+        );
+        assert!(refused(s.commit_blob(&version("x"), &Expect::Absent).await));
+        let etag = |e: &str| Expect::Etag(e.into());
+        assert!(refused(s.commit_blob(&version("x"), &etag("nope")).await));
+        assert_eq!(
+            s.get_blob("acct", "c", "b")
+                .await?
+                .map(|b| b.etag)
+                .as_deref(),
+            Some("v0")
+        );
+        // 20 writers that all read v0: one wins
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let (s, rec) = (s.clone(), version(&format!("w{i}")));
+                tokio::spawn(async move { s.commit_blob(&rec, &Expect::Etag("v0".into())).await })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.map_err(|e| DomainError::Internal(e.to_string()))? {
+                Ok(old) => won.push(old.map(|o| o.etag)),
+                Err(DomainError::ConditionNotMet) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        assert_eq!(won, vec![Some("v0".to_string())]);
+        let current = s.get_blob("acct", "c", "b").await?.map(|b| b.etag);
+        let current = current.ok_or(DomainError::BlobNotFound)?;
+        // deletes likewise
+        assert!(refused(s.delete_blob("acct", "c", "b", &etag("v0")).await));
+        assert!(refused(
+            s.delete_blob("acct", "c", "b", &Expect::Absent).await
+        ));
+        assert!(s.get_blob("acct", "c", "b").await?.is_some());
+        let gone = s.delete_blob("acct", "c", "b", &etag(&current)).await?;
+        assert_eq!(gone.map(|b| b.etag), Some(current));
+        assert!(
+            s.delete_blob("acct", "c", "b", &Expect::Absent)
+                .await?
+                .is_none()
+        );
         Ok(())
     }
 

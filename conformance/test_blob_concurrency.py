@@ -1,0 +1,122 @@
+"""Conditional writes under concurrency, with azure-storage-blob: the conditions a write
+carries (If-None-Match: * from `overwrite=False`, If-Match from `etag` + `IfNotModified`) hold
+for the version it replaces when it commits, not only when the request arrived. Of writers
+racing on one version exactly one wins; the others get Azure's 409/412 and change nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobBlock, BlobServiceClient
+
+from harness import unique
+from test_blob_basic import account  # noqa: F401  (fixture)
+
+WRITERS = 8
+BODY = 1 << 20  # each upload takes a while: the race window is wide
+
+
+def _container(coffer, account):
+    svc = BlobServiceClient(f"{coffer.endpoints['blob']}/{account['name']}",
+                            credential={"account_name": account["name"], "account_key": account["key"]},
+                            connection_verify=coffer.ca)
+    return svc.create_container(unique("race-").lower())
+
+
+def _race(fn):
+    """Run fn(i) in WRITERS threads released together; (winners, refusals) by index."""
+    start = threading.Barrier(WRITERS)
+
+    def one(i):
+        start.wait()
+        try:
+            return i, fn(i), None
+        except HttpResponseError as e:
+            return i, None, e
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        results = list(pool.map(one, range(WRITERS)))
+    return [(i, r) for i, r, e in results if e is None], [(i, e) for i, r, e in results if e is not None]
+
+
+def test_create_only_if_absent_has_one_winner(coffer, account):
+    cc = _container(coffer, account)
+    bodies = [os.urandom(BODY) for _ in range(WRITERS)]
+    won, refused = _race(lambda i: cc.get_blob_client("once").upload_blob(bodies[i], overwrite=False))
+    assert len(won) == 1, refused
+    for _, e in refused:
+        assert isinstance(e, ResourceExistsError) and e.status_code == 409 and e.error_code == "BlobAlreadyExists"
+    [(winner, props)] = won
+    got = cc.download_blob("once").readall()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(bodies[winner]).digest()
+    assert cc.get_blob_client("once").get_blob_properties().etag == props["etag"]
+
+
+def test_if_match_has_one_winner_per_version(coffer, account):
+    cc = _container(coffer, account)
+    bc = cc.get_blob_client("doc")
+    etag = bc.upload_blob(b"v0")["etag"]
+    bodies = [os.urandom(BODY) for _ in range(WRITERS)]
+    won, refused = _race(lambda i: bc.upload_blob(bodies[i], overwrite=True, etag=etag,
+                                                  match_condition=MatchConditions.IfNotModified))
+    assert len(won) == 1, refused
+    for _, e in refused:
+        assert e.status_code == 412 and e.error_code == "ConditionNotMet"
+    [(winner, _)] = won
+    assert bc.download_blob().readall() == bodies[winner]
+    # Delete with the stale ETag: refused, the winner stays; with the current one: deleted.
+    with pytest.raises(HttpResponseError) as info:
+        bc.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+    assert info.value.status_code == 412
+    current = bc.get_blob_properties().etag
+    bc.delete_blob(etag=current, match_condition=MatchConditions.IfNotModified)
+    assert not bc.exists()
+
+
+def test_block_lists_commit_against_the_version_they_read(coffer, account):
+    """Writers each stage a block and commit it under If-Match of one version: one commit wins;
+    the committed blob is exactly the winner's block (its object was not dropped by a loser)."""
+    cc = _container(coffer, account)
+    bc = cc.get_blob_client("blocks")
+    etag = bc.upload_blob(b"base")["etag"]
+    blocks = [os.urandom(BODY // 4) for _ in range(WRITERS)]
+    ids = [base64.b64encode(f"block-{i:02d}".encode()).decode() for i in range(WRITERS)]
+    for i in range(WRITERS):
+        bc.stage_block(ids[i], blocks[i])
+    won, refused = _race(lambda i: bc.commit_block_list([BlobBlock(ids[i])], etag=etag,
+                                                        match_condition=MatchConditions.IfNotModified))
+    assert len(won) == 1, refused
+    for _, e in refused:
+        assert e.status_code == 412 and e.error_code == "ConditionNotMet"
+    [(winner, _)] = won
+    assert bc.download_blob().readall() == blocks[winner]
+
+
+def test_a_refused_large_body_gets_the_error_not_a_reset(coffer, account):
+    """A write refused before its body is read (a wrong key, a failed condition) still gets
+    Azure's error: the server reads the rest of the body before answering."""
+    cc = _container(coffer, account)
+    big = os.urandom(8 << 20)
+    bad = BlobServiceClient(f"{coffer.endpoints['blob']}/{account['name']}",
+                            credential={"account_name": account["name"],
+                                        "account_key": base64.b64encode(b"k" * 64).decode()},
+                            connection_verify=coffer.ca, retry_total=0)
+    with pytest.raises(HttpResponseError) as info:
+        bad.get_blob_client(cc.container_name, "x").upload_blob(big)
+    assert info.value.status_code == 403 and info.value.error_code == "AuthenticationFailed"
+    bc = cc.get_blob_client("y")
+    bc.upload_blob(b"there")
+    once = BlobServiceClient(f"{coffer.endpoints['blob']}/{account['name']}",
+                             credential={"account_name": account["name"], "account_key": account["key"]},
+                             connection_verify=coffer.ca, retry_total=0)
+    with pytest.raises(ResourceExistsError) as info:
+        once.get_blob_client(cc.container_name, "y").upload_blob(big, overwrite=False)
+    assert info.value.status_code == 409
+    assert bc.download_blob().readall() == b"there"
