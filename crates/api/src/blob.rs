@@ -617,13 +617,23 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     let client_info = crate::user_agent(req.headers());
     let request_uri: String = req.uri().path().chars().take(512).collect();
     let mut seen = Seen::default();
-    let (req, unread) = {
+    // A client that asked `Expect: 100-continue` has not sent its body yet: draining it would
+    // ask for the very bytes the refusal spares it.
+    let continues = req
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (req, unread) = if continues {
+        (req, None)
+    } else {
         let (parts, body) = req.into_parts();
         let (unread, body) = crate::body::Retained::wrap(body);
-        (Request::from_parts(parts, body), unread)
+        (Request::from_parts(parts, body), Some(unread))
     };
     let resp = serve(&state, req, &rid, &mut seen).await;
-    unread.drain().await;
+    if let Some(unread) = unread {
+        unread.drain().await;
+    }
     let status = resp.status();
     let rec = coffer_domain::audit::AuditRecord {
         time: state.clock.now(),
