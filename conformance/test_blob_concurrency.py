@@ -143,3 +143,35 @@ def test_a_refused_request_that_expects_100_continue_is_answered_at_once(coffer,
             head += chunk
     status = head.split(b"\r\n", 1)[0].decode()
     assert status.startswith("HTTP/1.1 4"), status
+
+
+def test_metadata_and_property_updates_honour_their_conditions(coffer, account):
+    """Set Blob Metadata and Set Blob Properties apply If-Match and If-Unmodified-Since, and of
+    updaters racing on one ETag exactly one wins (the update commits only over that version)."""
+    import datetime
+
+    from azure.storage.blob import ContentSettings
+
+    cc = _container(coffer, account)
+    bc = cc.get_blob_client("props")
+    etag = bc.upload_blob(b"data", metadata={"v": "0"})["etag"]
+    won, refused = _race(lambda i: bc.set_blob_metadata({"v": str(i + 1)}, etag=etag,
+                                                        match_condition=MatchConditions.IfNotModified))
+    assert len(won) == 1, refused
+    for _, e in refused:
+        assert e.status_code == 412 and e.error_code == "ConditionNotMet"
+    [(winner, _)] = won
+    props = bc.get_blob_properties()
+    assert props.metadata == {"v": str(winner + 1)}
+    with pytest.raises(HttpResponseError) as info:
+        bc.set_http_headers(ContentSettings(content_type="text/plain"), etag=etag,
+                            match_condition=MatchConditions.IfNotModified)
+    assert info.value.status_code == 412
+    past = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    with pytest.raises(HttpResponseError) as info:
+        bc.set_blob_metadata({"v": "late"}, if_unmodified_since=past)
+    assert info.value.status_code == 412
+    assert bc.get_blob_properties().metadata == {"v": str(winner + 1)}
+    bc.set_http_headers(ContentSettings(content_type="text/plain"), etag=props.etag,
+                        match_condition=MatchConditions.IfNotModified)
+    assert bc.get_blob_properties().content_settings.content_type == "text/plain"

@@ -1683,8 +1683,11 @@ async fn execute(
             b.body(Body::from(x)).unwrap_or_default()
         }
         BlobOp::SetBlobMetadata { container, blob } => {
+            let cond = write_condition(h, false);
+            let cond: Option<WriteCondition<'_>> =
+                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
             let rec = svc
-                .set_blob_metadata(auth, acct, &container, &blob, &metadata_from(h)?)
+                .set_blob_metadata(auth, acct, &container, &blob, &metadata_from(h)?, cond)
                 .await?;
             ok(base(StatusCode::OK, rid)
                 .header(http::header::ETAG, &rec.etag)
@@ -1707,8 +1710,18 @@ async fn execute(
             ok(b)
         }
         BlobOp::SetBlobProperties { container, blob } => {
+            let cond = write_condition(h, false);
+            let cond: Option<WriteCondition<'_>> =
+                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
             let rec = svc
-                .set_blob_properties(auth, acct, &container, &blob, content_headers(h, false))
+                .set_blob_properties(
+                    auth,
+                    acct,
+                    &container,
+                    &blob,
+                    content_headers(h, false),
+                    cond,
+                )
                 .await?;
             ok(base(StatusCode::OK, rid)
                 .header(http::header::ETAG, &rec.etag)

@@ -1244,6 +1244,7 @@ impl BlobService {
 
     /// Change a committed blob's record (not its bytes) under the write permission; gives it a
     /// new ETag and modification time.
+    #[allow(clippy::too_many_arguments)]
     async fn update_record(
         &self,
         auth: &BlobAuth,
@@ -1251,6 +1252,7 @@ impl BlobService {
         container: &str,
         name: &str,
         needs_key: bool,
+        cond: Option<WriteCondition<'_>>,
         change: impl Fn(&mut BlobRecord) -> Result<()>,
     ) -> Result<BlobRecord> {
         self.authorize(
@@ -1263,13 +1265,17 @@ impl BlobService {
         .await?;
         // Applied to the version current when it is written: if another write committed in
         // between (a Put Blob, whose replaced objects are then deleted), start again from it
-        // rather than restore the older version's parts.
+        // rather than restore the older version's parts. The conditions are evaluated against
+        // the version the update then applies to.
         for _ in 0..5 {
             let mut rec = self
                 .store
                 .get_blob(&acct.name, container, name)
                 .await?
                 .ok_or(DomainError::BlobNotFound)?;
+            if let Some(cond) = cond {
+                cond(Some(&rec))?;
+            }
             if needs_key {
                 check_cpk(&rec, acct)?;
             }
@@ -1301,9 +1307,10 @@ impl BlobService {
         container: &str,
         name: &str,
         meta: &[(String, String)],
+        cond: Option<WriteCondition<'_>>,
     ) -> Result<BlobRecord> {
         let sealed = Self::seal_metadata(acct, container, name, meta)?;
-        self.update_record(auth, acct, container, name, true, |rec| {
+        self.update_record(auth, acct, container, name, true, cond, |rec| {
             rec.metadata = sealed.clone();
             Ok(())
         })
@@ -1318,9 +1325,10 @@ impl BlobService {
         container: &str,
         name: &str,
         headers: ContentHeaders,
+        cond: Option<WriteCondition<'_>>,
     ) -> Result<BlobRecord> {
         // Properties are not encrypted: no customer-provided key needed (as Azure).
-        self.update_record(auth, acct, container, name, false, |rec| {
+        self.update_record(auth, acct, container, name, false, cond, |rec| {
             rec.content_type = headers.content_type.clone();
             rec.content_encoding = headers.content_encoding.clone();
             rec.content_language = headers.content_language.clone();
