@@ -1432,9 +1432,8 @@ async fn execute(
             let headers = content_headers(h, true);
             let meta = metadata_from(h)?;
             let if_none_match_any = hv(h, "if-none-match") == Some("*");
-            let cond = write_condition(h, if_none_match_any);
-            let cond: Option<WriteCondition<'_>> =
-                (if_none_match_any || has_write_conditions(h)).then_some(&cond);
+            let cond = write_condition(h, if_none_match_any, true);
+            let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             let sums = checksums(h)?;
             let mut src = BodySource(body);
             let rec = match svc
@@ -1625,9 +1624,8 @@ async fn execute(
                 }
             };
             let list = parse_block_list(&xml)?;
-            let cond = write_condition(h, false);
-            let cond: Option<WriteCondition<'_>> =
-                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
+            let cond = write_condition(h, false, true);
+            let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             let meta = metadata_from(h)?;
             let rec = svc
                 .put_block_list(
@@ -1683,9 +1681,8 @@ async fn execute(
             b.body(Body::from(x)).unwrap_or_default()
         }
         BlobOp::SetBlobMetadata { container, blob } => {
-            let cond = write_condition(h, false);
-            let cond: Option<WriteCondition<'_>> =
-                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
+            let cond = write_condition(h, false, true);
+            let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             let rec = svc
                 .set_blob_metadata(auth, acct, &container, &blob, &metadata_from(h)?, cond)
                 .await?;
@@ -1710,9 +1707,8 @@ async fn execute(
             ok(b)
         }
         BlobOp::SetBlobProperties { container, blob } => {
-            let cond = write_condition(h, false);
-            let cond: Option<WriteCondition<'_>> =
-                (has_write_conditions(h) || hv(h, "if-none-match") == Some("*")).then_some(&cond);
+            let cond = write_condition(h, false, true);
+            let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             let rec = svc
                 .set_blob_properties(
                     auth,
@@ -1736,8 +1732,8 @@ async fn execute(
                 .header(http::header::LAST_MODIFIED, httpdate(c.last_modified)))
         }
         BlobOp::DeleteBlob { container, blob } => {
-            let cond = write_condition(h, false);
-            let cond: Option<WriteCondition<'_>> = has_write_conditions(h).then_some(&cond);
+            let cond = write_condition(h, false, false);
+            let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             svc.delete_blob(auth, acct, &container, &blob, cond).await?;
             ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
         }
@@ -1955,12 +1951,15 @@ fn condition_response(f: CondFailure, rec: Option<&BlobRecord>, rid: &str) -> Re
 
 /// A write's conditional headers as the domain evaluates them, against the version the write
 /// would replace and again at its commit: Azure's 412 ConditionNotMet, or for Put Blob with
-/// `If-None-Match: *` (`exists_conflicts`) 409 BlobAlreadyExists when the blob exists.
+/// `If-None-Match: *` (`exists_conflicts`) 409 BlobAlreadyExists when the blob exists. None
+/// when the request carries none (`star`: whether `If-None-Match: *` counts as one).
 fn write_condition(
     h: &HeaderMap,
     exists_conflicts: bool,
-) -> impl Fn(Option<&BlobRecord>) -> coffer_domain::Result<()> + Send + Sync + '_ {
-    move |current| {
+    star: bool,
+) -> Option<impl Fn(Option<&BlobRecord>) -> coffer_domain::Result<()> + Send + Sync + '_> {
+    let any = has_write_conditions(h) || (star && hv(h, "if-none-match") == Some("*"));
+    any.then_some(move |current: Option<&BlobRecord>| {
         if exists_conflicts && current.is_some() {
             return Err(DomainError::Conflict(
                 "The specified blob already exists.".into(),
@@ -1970,7 +1969,7 @@ fn write_condition(
             Some(_) => Err(DomainError::ConditionNotMet),
             None => Ok(()),
         }
-    }
+    })
 }
 
 /// Conditional headers a write carries (other than Put Blob's `If-None-Match: *`).
