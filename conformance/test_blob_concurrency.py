@@ -175,3 +175,71 @@ def test_metadata_and_property_updates_honour_their_conditions(coffer, account):
     bc.set_http_headers(ContentSettings(content_type="text/plain"), etag=props.etag,
                         match_condition=MatchConditions.IfNotModified)
     assert bc.get_blob_properties().content_settings.content_type == "text/plain"
+
+
+def test_copies_honour_destination_and_source_conditions(coffer, account):
+    """Copy Blob and Put Blob From URL apply the destination's conditional headers (If-Match,
+    If-None-Match incl. `*` from `overwrite=False`, If-(Un)Modified-Since) and the source's
+    (`x-ms-source-if-*`): 412 ConditionNotMet / SourceConditionNotMet, 409 BlobAlreadyExists
+    for `*` over an existing blob, and nothing changes. Of copies racing on one destination
+    ETag exactly one wins."""
+    import datetime
+
+    cc = _container(coffer, account)
+    src = cc.get_blob_client("src")
+    src_etag = src.upload_blob(b"source bytes")["etag"]
+    dst = cc.get_blob_client("dst")
+    dst_etag = dst.upload_blob(b"destination bytes")["etag"]
+    past = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+
+    def refused(call, status, code):
+        with pytest.raises(HttpResponseError) as info:
+            call()
+        assert (info.value.status_code, info.value.error_code) == (status, code), info.value
+        assert dst.download_blob().readall() == b"destination bytes"
+        assert dst.get_blob_properties().etag == dst_etag
+
+    # the destination's conditions
+    refused(lambda: dst.start_copy_from_url(src.url, etag='"0x1"', match_condition=MatchConditions.IfNotModified),
+            412, "ConditionNotMet")
+    refused(lambda: dst.start_copy_from_url(src.url, if_unmodified_since=past), 412, "ConditionNotMet")
+    refused(lambda: dst.start_copy_from_url(src.url, etag=dst_etag, match_condition=MatchConditions.IfModified),
+            412, "ConditionNotMet")
+    refused(lambda: dst.start_copy_from_url(src.url, match_condition=MatchConditions.IfMissing),
+            409, "BlobAlreadyExists")
+    refused(lambda: dst.upload_blob_from_url(src.url), 409, "BlobAlreadyExists")  # overwrite=False
+    refused(lambda: dst.upload_blob_from_url(src.url, overwrite=True, if_modified_since=future),
+            412, "ConditionNotMet")
+    # the source's conditions
+    refused(lambda: dst.start_copy_from_url(src.url, source_etag='"0x1"',
+                                            source_match_condition=MatchConditions.IfNotModified),
+            412, "SourceConditionNotMet")
+    refused(lambda: dst.start_copy_from_url(src.url, source_etag=src_etag,
+                                            source_match_condition=MatchConditions.IfModified),
+            412, "SourceConditionNotMet")
+    refused(lambda: dst.start_copy_from_url(src.url, source_if_modified_since=future), 412, "SourceConditionNotMet")
+    refused(lambda: dst.upload_blob_from_url(src.url, overwrite=True, source_if_unmodified_since=past),
+            412, "SourceConditionNotMet")
+    # conditions that hold
+    assert dst.start_copy_from_url(src.url, etag=dst_etag, match_condition=MatchConditions.IfNotModified,
+                                   source_etag=src_etag,
+                                   source_match_condition=MatchConditions.IfNotModified)["copy_status"] == "success"
+    assert dst.download_blob().readall() == b"source bytes"
+    fresh = cc.get_blob_client("fresh")
+    fresh.upload_blob_from_url(src.url, source_if_unmodified_since=future)  # absent: If-None-Match: * holds
+    assert fresh.download_blob().readall() == b"source bytes"
+    # racing copies on one destination version: one wins
+    etag = dst.get_blob_properties().etag
+    sources = []
+    for i in range(WRITERS):
+        s = cc.get_blob_client(f"src{i}")
+        s.upload_blob(os.urandom(BODY))
+        sources.append(s)
+    won, lost = _race(lambda i: dst.start_copy_from_url(sources[i].url, etag=etag,
+                                                        match_condition=MatchConditions.IfNotModified))
+    assert len(won) == 1, lost
+    for _, e in lost:
+        assert (e.status_code, e.error_code) == (412, "ConditionNotMet")
+    [(winner, _)] = won
+    assert dst.download_blob().readall() == sources[winner].download_blob().readall()

@@ -796,7 +796,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
         DomainError::PrincipalNotFound(_) => (StatusCode::BAD_REQUEST, "PrincipalNotFound"),
         DomainError::RoleAssignmentExists => (StatusCode::CONFLICT, "RoleAssignmentExists"),
         DomainError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-        DomainError::ConditionNotMet => (StatusCode::PRECONDITION_FAILED, "PreconditionFailed"),
+        DomainError::ConditionNotMet | DomainError::SourceConditionNotMet => {
+            (StatusCode::PRECONDITION_FAILED, "PreconditionFailed")
+        }
         DomainError::VaultNameInUse(_) => (StatusCode::CONFLICT, "VaultAlreadyExists"),
         DomainError::StorageAccountNameTaken(_) => {
             (StatusCode::CONFLICT, "StorageAccountAlreadyTaken")

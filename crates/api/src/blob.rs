@@ -108,6 +108,9 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         }
         DomainError::Conflict(_) => (StatusCode::CONFLICT, "BlobAlreadyExists"),
         DomainError::ConditionNotMet => (StatusCode::PRECONDITION_FAILED, "ConditionNotMet"),
+        DomainError::SourceConditionNotMet => {
+            (StatusCode::PRECONDITION_FAILED, "SourceConditionNotMet")
+        }
         DomainError::ResourceNotFound { .. }
         | DomainError::VaultNotFound(_)
         | DomainError::KeyNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
@@ -1379,16 +1382,25 @@ async fn execute(
             let source = hv(h, "x-ms-copy-source").unwrap_or_default();
             let (src_container, src_blob) = copy_source(state, &acct.name, source)?;
             let meta = metadata_from(h)?;
+            // The destination's conditions as Put Blob's (If-None-Match: * over an existing
+            // blob is 409 BlobAlreadyExists, as Azure), the source's against the version read.
+            let cond = write_condition(h, hv(h, "if-none-match") == Some("*"), true);
+            let src_h = source_conditions(h);
+            let src_cond = write_condition(&src_h, false, true).map(|c| {
+                move |current: Option<&BlobRecord>| {
+                    c(current).map_err(|_| DomainError::SourceConditionNotMet)
+                }
+            });
             let rec = svc
                 .copy_blob(
                     auth,
                     copy_src.unwrap_or(acct),
                     acct,
-                    &src_container,
-                    &src_blob,
-                    &container,
-                    &blob,
+                    (&src_container, &src_blob),
+                    (&container, &blob),
                     (!meta.is_empty()).then_some(meta.as_slice()),
+                    cond.as_ref().map(|c| c as _),
+                    src_cond.as_ref().map(|c| c as _),
                 )
                 .await?;
             if hv(h, "x-ms-blob-type").is_some() {
@@ -1970,6 +1982,28 @@ fn write_condition(
             None => Ok(()),
         }
     })
+}
+
+/// A copy's source conditions (`x-ms-source-if-*`) under the names [`check_conditions`] reads.
+fn source_conditions(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (src, dst) in [
+        ("x-ms-source-if-match", http::header::IF_MATCH),
+        ("x-ms-source-if-none-match", http::header::IF_NONE_MATCH),
+        (
+            "x-ms-source-if-modified-since",
+            http::header::IF_MODIFIED_SINCE,
+        ),
+        (
+            "x-ms-source-if-unmodified-since",
+            http::header::IF_UNMODIFIED_SINCE,
+        ),
+    ] {
+        if let Some(v) = h.get(src) {
+            out.insert(dst, v.clone());
+        }
+    }
+    out
 }
 
 /// Conditional headers a write carries (other than Put Blob's `If-None-Match: *`).

@@ -369,7 +369,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
             Some("ForbiddenByRbac"),
             rid,
         ),
-        DomainError::ConditionNotMet => kv_error(
+        DomainError::ConditionNotMet | DomainError::SourceConditionNotMet => kv_error(
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",
             &msg,

@@ -771,10 +771,20 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
+        self.commit_written(rec, expect, cond).await
+    }
+
+    /// Commit a record whose object this request wrote; if its conditions refuse it, the
+    /// object is nobody's and is deleted.
+    async fn commit_written(
+        &self,
+        rec: BlobRecord,
+        expect: Expect,
+        cond: Option<WriteCondition<'_>>,
+    ) -> Result<BlobRecord> {
         let (region, written) = (rec.region.clone(), rec.parts.clone());
         match self.commit_replacing(rec, expect, cond).await {
             Err(e @ (DomainError::ConditionNotMet | DomainError::Conflict(_))) => {
-                // Refused before anything committed: the object is nobody's.
                 self.forget_parts(&region, written, &[]).await;
                 Err(e)
             }
@@ -1379,15 +1389,19 @@ impl BlobService {
         auth: &BlobAuth,
         src_acct: &BlobAccount,
         acct: &BlobAccount,
-        src_container: &str,
-        src_name: &str,
-        container: &str,
-        name: &str,
+        (src_container, src_name): (&str, &str),
+        (container, name): (&str, &str),
         meta: Option<&[(String, String)]>,
+        cond: Option<WriteCondition<'_>>,
+        src_cond: Option<WriteCondition<'_>>,
     ) -> Result<BlobRecord> {
         let src = self
             .get_blob_record(auth, src_acct, src_container, src_name)
             .await?;
+        // The source's conditions hold for the version that is read (its record, read once).
+        if let Some(c) = src_cond {
+            c(Some(&src))?;
+        }
         self.authorize(
             auth,
             acct,
@@ -1405,6 +1419,7 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
+        let expect = self.evaluate(cond, &acct.name, container, name).await?;
         let meta_vec = match meta {
             Some(m) => m.to_vec(),
             None => {
@@ -1451,7 +1466,7 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        self.commit_replacing(rec, Expect::Any, None).await
+        self.commit_written(rec, expect, cond).await
     }
 
     /// Garbage collection: expire uncommitted blocks older than [`STAGED_BLOCK_TTL`] (test

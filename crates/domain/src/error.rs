@@ -95,6 +95,10 @@ pub enum DomainError {
     /// longer hold when it commits: 412 ConditionNotMet.
     #[error("The condition specified using HTTP conditional header(s) is not met.")]
     ConditionNotMet,
+    /// A copy's source conditions (`x-ms-source-if-*`) do not hold for the source:
+    /// 412 SourceConditionNotMet.
+    #[error("The source condition specified using HTTP conditional header(s) is not met.")]
+    SourceConditionNotMet,
     #[error("internal error: {0}")]
     Internal(String),
 }
