@@ -243,3 +243,33 @@ def test_copies_honour_destination_and_source_conditions(coffer, account):
         assert (e.status_code, e.error_code) == (412, "ConditionNotMet")
     [(winner, _)] = won
     assert dst.download_blob().readall() == sources[winner].download_blob().readall()
+
+
+def test_a_block_restaged_while_its_list_commits_is_never_lost(coffer, account):
+    """Put Block List racing a Put Block that re-stages one of its blocks (same id, new
+    bytes): the list commits either block, whole, never one whose object the re-staging
+    deleted. Repeated, with small blocks (their files are recycled at once) and blocks
+    overwritten by other blobs' writes meanwhile."""
+    cc = _container(coffer, account)
+    block_id = base64.b64encode(b"the-block").decode()
+    other = cc.get_blob_client("churn")
+    for n in range(40):
+        bc = cc.get_blob_client(f"restaged-{n}")
+        old, new = os.urandom(4096), os.urandom(4096)
+        bc.stage_block(block_id, old)
+        start = threading.Barrier(2)
+
+        def commit():
+            start.wait()
+            return bc.commit_block_list([BlobBlock(block_id)])
+
+        def restage():
+            start.wait()
+            bc.stage_block(block_id, new)
+            for _ in range(4):  # reuse freed small files at once
+                other.upload_blob(os.urandom(4096), overwrite=True)
+
+        with ThreadPoolExecutor(2) as pool:
+            committed, _ = pool.submit(commit), pool.submit(restage)
+            committed.result()
+        assert bc.download_blob().readall() in (old, new), f"round {n}"

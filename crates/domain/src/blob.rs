@@ -998,7 +998,7 @@ impl BlobService {
         cond: Option<WriteCondition<'_>>,
     ) -> Result<BlobRecord> {
         let mut retries = 0;
-        let old = loop {
+        let replaced = loop {
             match self.store.commit_blob(&rec, &expect).await {
                 Err(DomainError::ConditionNotMet)
                     if cond.is_some() && retries < CONDITION_RETRIES =>
@@ -1011,7 +1011,7 @@ impl BlobService {
                 other => break other?,
             }
         };
-        let doomed = unreferenced(old.map(|o| o.parts).unwrap_or_default(), &rec.parts);
+        let doomed = unreferenced(replaced.unused(), &rec.parts);
         if !doomed.is_empty()
             && let Ok(bytes) = self.bytes_for(&rec.region)
         {
@@ -1237,18 +1237,20 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        let old = match self
+        let replaced = match self
             .store
             .commit_blob(&rec, &Expect::current(current.as_ref()))
             .await
         {
+            // Another write committed first, or a block was re-staged: resolve again.
             Err(DomainError::ConditionNotMet) => return Ok(None),
             other => other?,
         };
-        // Everything staged or committed before and not part of the new blob goes.
-        let mut unused: Vec<Part> = staged.into_iter().map(|s| s.part).collect();
-        unused.extend(old.map(|o| o.parts).unwrap_or_default());
-        self.forget_parts(&rec.region, unused, &rec.parts).await;
+        // Everything staged or committed before and not part of the new blob goes (as the
+        // commit found it: a block listed above may have been re-staged since, its old object
+        // deleted by the Put Block that replaced it).
+        self.forget_parts(&rec.region, replaced.unused(), &rec.parts)
+            .await;
         Ok(Some(rec))
     }
 
@@ -1481,9 +1483,11 @@ impl BlobService {
             .staged_blocks_before(now - STAGED_BLOCK_TTL)
             .await?
         {
-            self.store.delete_staged_block(&b).await?;
-            self.forget_parts(&b.region, vec![b.part], &[]).await;
-            expired += 1;
+            // Unless it was re-staged or committed since it was listed.
+            if self.store.delete_staged_block(&b).await? {
+                self.forget_parts(&b.region, vec![b.part], &[]).await;
+                expired += 1;
+            }
         }
         // Candidates first, references second: an object committed in between is referenced.
         let mut candidates = Vec::new();

@@ -20,7 +20,7 @@ use crate::model::{
     BlobRecord, ContainerRecord, KeyRecord, KeyVersion, Principal, Resource, ResourceGroup,
     RoleAssignment, StagedBlock, Subscription,
 };
-use crate::store::{Expect, MetaStore};
+use crate::store::{Expect, MetaStore, Replaced};
 
 pub const TTL: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 100_000;
@@ -382,7 +382,7 @@ impl MetaStore for CachedStore {
             .list_staged_blocks(account, container, blob)
             .await
     }
-    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Option<BlobRecord>> {
+    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Replaced> {
         self.inner.commit_blob(b, expect).await
     }
     async fn delete_account_data(&self, account: &str) -> Result<()> {
@@ -396,7 +396,7 @@ impl MetaStore for CachedStore {
     async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>> {
         self.inner.staged_blocks_before(before).await
     }
-    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()> {
+    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<bool> {
         self.inner.delete_staged_block(b).await
     }
     async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>> {

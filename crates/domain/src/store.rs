@@ -41,6 +41,24 @@ impl Expect {
     }
 }
 
+/// What a blob commit replaced: the committed version before it, and the staged blocks of
+/// the blob it dropped. Each is handed to exactly one caller (read in the commit's own
+/// transaction), which deletes the objects the new version does not reference.
+#[derive(Debug, Default)]
+pub struct Replaced {
+    pub old: Option<BlobRecord>,
+    pub dropped: Vec<StagedBlock>,
+}
+
+impl Replaced {
+    /// The objects of the replaced version and the dropped blocks.
+    pub fn unused(self) -> Vec<crate::model::Part> {
+        let mut parts = self.old.map(|o| o.parts).unwrap_or_default();
+        parts.extend(self.dropped.into_iter().map(|b| b.part));
+        parts
+    }
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     async fn get_setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -152,9 +170,12 @@ pub trait MetaStore: Send + Sync {
         blob: &str,
     ) -> Result<Vec<StagedBlock>>;
     /// Commit a blob and drop every staged block of it, atomically, if the committed version
-    /// is what `expect` says (else [`DomainError::ConditionNotMet`](crate::DomainError) and
-    /// nothing changes); returns the replaced record.
-    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Option<BlobRecord>>;
+    /// is what `expect` says and every block of `b` (a part with a block id) is a part of
+    /// that version or a block staged for the blob now; else
+    /// [`DomainError::ConditionNotMet`](crate::DomainError) and nothing changes. (A block
+    /// list is resolved before it commits: a block re-staged meanwhile has had its old object
+    /// deleted, which the new version must not reference.)
+    async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Replaced>;
     /// Remove every container, blob and staged block record of an account.
     async fn delete_account_data(&self, account: &str) -> Result<()>;
     /// Replace a committed blob's record (metadata/properties updates; staged blocks stay) if
@@ -162,7 +183,10 @@ pub trait MetaStore: Send + Sync {
     async fn update_blob(&self, b: &BlobRecord, etag: &str) -> Result<bool>;
     /// Staged blocks created before `before` (Unix seconds), for expiry.
     async fn staged_blocks_before(&self, before: i64) -> Result<Vec<StagedBlock>>;
-    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<()>;
+    /// Drop a staged block if it is still staged with `b`'s object (not re-staged or
+    /// committed meanwhile); whether it did, i.e. whether its object is now the caller's to
+    /// delete.
+    async fn delete_staged_block(&self, b: &StagedBlock) -> Result<bool>;
     /// Every object id referenced by a committed blob or a staged block.
     async fn referenced_objects(&self) -> Result<std::collections::HashSet<String>>;
 
