@@ -21,6 +21,9 @@ Then it measures, interleaving the servers so that drift on the shared machine h
 1. 256 MiB (--big-mib) single Put Blob with curl (`-X PUT --data-binary @file`), --transfers
    times per server; and download of that blob with the same curl command (plus nginx), each
    to /dev/null. MB/s = 10^6 bytes / curl's time_total. Bytes read back are checked (SHA-256).
+   curl's own CPU (rusage) is recorded too: curl takes a download on one thread, so bytes / its
+   CPU (less what a download of an empty blob costs it) is the fastest it could have taken them,
+   the limit of the load generator itself.
 2. 4 KiB Put Blob and Get Blob with wrk (--threads threads, --connections keep-alive
    connections, --seconds per round, --rounds rounds): every PUT writes the same 4 KiB body to
    the same blob, every GET reads one 4 KiB blob. nginx serves a 4 KiB static file for scale.
@@ -582,6 +585,8 @@ http {{
         (www / CONTAINER).mkdir(parents=True)
         self.big = www / CONTAINER / "big.bin"
         self.small = www / CONTAINER / "small.bin"
+        self.empty = www / CONTAINER / "empty.bin"
+        self.empty.write_bytes(b"")
         self.mem = self.tmp / "mem.bin"
         log(f"writing {a.big_mib} MiB, {a.mem_mib} MiB and {a.small} B files of random bytes")
         self.big_sha = write_random(self.big, a.big_mib * MIB)
@@ -597,6 +602,7 @@ http {{
             srv = self.servers[name]
             curl(srv, "small.bin", a.small, upload=self.small)
             assert sha256_of(srv, "small.bin") == self.small_sha, f"{name}: small.bin read back differs"
+            curl(srv, "empty.bin", 0, upload=self.empty)
         for name, srv in self.servers.items():
             log(f"{name}: pid {srv.pid}, {srv.origin}, {self.ciphers[name]}")
 
@@ -614,10 +620,14 @@ http {{
         for name in ("Coffer", "Azurite"):
             got = sha256_of(self.servers[name], "big-0.bin")
             assert got == self.big_sha, f"{name}: big-0.bin read back with different bytes"
+        # What curl spends on a download of nothing (start, TLS handshake, request): not per byte.
+        self.curl_fixed = {n: median([curl(s, "empty.bin", 0)["client"] for _ in range(3)])
+                           for n, s in self.servers.items()}
         for i in range(a.transfers):
             for name in ("Coffer", "Azurite", "nginx"):
                 blob = "big.bin" if name == "nginx" else f"big-{i}.bin"
                 r = curl(self.servers[name], blob, size)
+                r["client_fixed"] = self.curl_fixed[name]
                 res[name]["down"].append(r)
                 log(f"{name}: download {a.big_mib} MiB {r['mbs']:.0f} MB/s, server CPU {r['cpu']:.2f} s, "
                     f"curl CPU {r['client']:.2f} s")
@@ -746,6 +756,13 @@ http {{
 
 # --------------------------------------------------------------------------- report
 
+def curl_limit(rs: list) -> float:
+    """The rate curl could have moved these transfers at if it never waited: bytes / curl's CPU
+    beyond what a download of nothing costs it (start, handshake)."""
+    per_byte = [r["client"] - r.get("client_fixed", 0.0) for r in rs]
+    return median([r["mbs"] * r["secs"] / c for r, c in zip(rs, per_byte) if c > 0] or [0.0])
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "—"
 
@@ -797,8 +814,8 @@ def report(args, m, bench: Bench, tp: dict, small: dict, mem: dict, load: dict, 
     out.append(f"Transfers: `curl` (same command for every server, `--http1.1 --tlsv1.3`, to/from a file), "
                f"{a.transfers} of each per server, interleaved; median shown, MB = 10^6 bytes, from curl's "
                f"`time_total`. Server CPU from `/proc/<pid>/stat` (server and its child processes).\n")
-    out.append("| server | upload MB/s (median) | min–max | server CPU s per upload | curl CPU s per upload | download MB/s (median) | min–max | server CPU s per download | curl CPU s per download | both, CPU s per download |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| server | upload MB/s (median) | min–max | server CPU s per upload | curl CPU s per upload | download MB/s (median) | min–max | server CPU s per download | curl CPU s per download | both, CPU s per download | curl busy, download | curl's own limit, download MB/s |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in ("Coffer", "Azurite", "nginx"):
         if tp[name]["up"]:
             up = (f"{med(name, 'up'):.0f} | {rng(name, 'up')} | {med(name, 'up', 'cpu'):.2f} "
@@ -806,11 +823,21 @@ def report(args, m, bench: Bench, tp: dict, small: dict, mem: dict, load: dict, 
         else:
             up = "— | — | — | —"
         both = median([r["cpu"] + r["client"] for r in tp[name]["down"]])
+        busy = median([(r["client"] - r.get("client_fixed", 0.0)) / r["secs"] for r in tp[name]["down"]])
         out.append(f"| {name} | {up} | {med(name, 'down'):.0f} | {rng(name, 'down')} | {med(name, 'down', 'cpu'):.2f} "
-                   f"| {med(name, 'down', 'client'):.2f} | {both:.2f} |")
+                   f"| {med(name, 'down', 'client'):.2f} | {both:.2f} | {busy:.0%} | {curl_limit(tp[name]['down']):.0f} |")
     out.append("")
     out.append(f"curl's CPU is its user + system time (rusage). Server and curl share the {m['nproc']} "
-               f"cores: a transfer takes at least (server CPU + curl CPU) / {m['nproc']} of wall time.")
+               f"cores: a transfer takes at least (server CPU + curl CPU) / {m['nproc']} of wall time. "
+               f"curl moves a download on one thread, so it takes at least curl's own CPU time: *curl busy* is "
+               f"curl's CPU for the bytes (its CPU less that of a download of an empty blob: "
+               + ", ".join(f"{n} {v * 1000:.0f} ms" for n, v in bench.curl_fixed.items())
+               + f") / transfer time, and *curl's own limit* is the bytes / that CPU, the fastest curl "
+               f"could have taken them from that server (median over the transfers).")
+    lim = curl_limit(tp["Coffer"]["down"])
+    out.append(f"\nDownload and the load generator: 3× Azurite is {3 * ad:.0f} MB/s; curl's own limit in "
+               f"Coffer's downloads was {lim:.0f} MB/s ({lim / ad:.2f}× Azurite), and Coffer reached "
+               f"{cd / lim:.0%} of it.")
     out.append("")
     out.append(f"4 KiB operations: `wrk -t {a.threads} -c {a.connections} -d {a.seconds:g}s` with a Lua script "
                f"(fixed request: PUT of one 4 KiB random body to one blob, or GET of one 4 KiB blob; account SAS "
