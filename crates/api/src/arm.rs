@@ -782,7 +782,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
                 _ => "InvalidResourceName",
             },
         ),
-        DomainError::InvalidProperty(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+        DomainError::InvalidProperty(_) | DomainError::BadInput { .. } => {
+            (StatusCode::BAD_REQUEST, "BadRequest")
+        }
         DomainError::LocationNotAvailable { .. } => (
             StatusCode::BAD_REQUEST,
             "LocationNotAvailableForResourceType",

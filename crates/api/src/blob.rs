@@ -21,7 +21,7 @@ use coffer_domain::blob::{
 };
 use coffer_domain::identity::Plane;
 use coffer_domain::mgmt::BlobAccount;
-use coffer_domain::model::BlobRecord;
+use coffer_domain::model::{BlobRecord, ContainerRecord};
 use coffer_domain::rbac::ActionKind;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -39,6 +39,40 @@ pub fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&apos;")
+}
+
+/// Whether `c` may appear in an XML 1.0 document (a CR would be read back as a LF).
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// A blob name or prefix as a listing's `<Name>`: escaped, or, if it holds characters XML
+/// cannot carry, percent-encoded (UTF-8) with `Encoded="true"`, as Azure does.
+fn xml_name(s: &str) -> String {
+    if s.chars().all(xml_char) {
+        format!("<Name>{}</Name>", xml_escape(s))
+    } else {
+        format!("<Name Encoded=\"true\">{}</Name>", percent_encode(s))
+    }
+}
+
+/// Text echoed from a request (a prefix, a delimiter): characters XML cannot carry become
+/// U+FFFD.
+fn xml_echo(s: &str) -> String {
+    xml_escape(&s.replace(|c: char| !xml_char(c), "\u{FFFD}"))
+}
+
+/// Percent-encode every byte but ASCII letters, digits and `-._~/`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn base(status: StatusCode, rid: &str) -> http::response::Builder {
@@ -98,6 +132,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidBlockList(_) => (StatusCode::BAD_REQUEST, "InvalidBlockList"),
         DomainError::InvalidXml(_) => (StatusCode::BAD_REQUEST, "InvalidXmlDocument"),
         DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "Md5Mismatch"),
+        DomainError::BadInput { code, .. } => (StatusCode::BAD_REQUEST, *code),
         DomainError::Crc64Mismatch => (StatusCode::BAD_REQUEST, "Crc64Mismatch"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
         DomainError::InvalidName {
@@ -499,8 +534,15 @@ fn hv<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Metadata (`x-ms-meta-{name}`) as Azure takes it: names are C# identifiers, each given once;
+/// values ASCII; names and values together at most [`METADATA_MAX`] bytes.
 fn metadata_from(h: &HeaderMap) -> Result<Vec<(String, String)>, DomainError> {
-    let mut out = Vec::new();
+    let invalid = |message: String| DomainError::BadInput {
+        code: "InvalidMetadata",
+        message,
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut total = 0usize;
     for (k, v) in h {
         if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
             let ok = !name.is_empty()
@@ -510,15 +552,34 @@ fn metadata_from(h: &HeaderMap) -> Result<Vec<(String, String)>, DomainError> {
                     .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(DomainError::InvalidProperty(format!(
-                    "invalid metadata name '{name}'"
+                return Err(invalid(format!("The metadata name '{name}' is invalid.")));
+            }
+            // Header names arrive lower-cased, so `Key` and `key` meet here as one name.
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(invalid(format!(
+                    "The metadata name '{name}' is given more than once."
                 )));
             }
-            out.push((name.to_string(), v.to_str().unwrap_or("").to_string()));
+            let value = v
+                .to_str()
+                .map_err(|_| invalid(format!("The value of metadata '{name}' is not ASCII.")))?;
+            total += name.len() + value.len();
+            if total > METADATA_MAX {
+                return Err(DomainError::BadInput {
+                    code: "MetadataTooLarge",
+                    message: format!(
+                        "The size of the metadata exceeds the maximum of {METADATA_MAX} bytes."
+                    ),
+                });
+            }
+            out.push((name.to_string(), value.to_string()));
         }
     }
     Ok(out)
 }
+
+/// Azure's limit on a blob's or container's metadata (names and values).
+const METADATA_MAX: usize = 8 * 1024;
 
 /// Parse `bytes=a-b` / `bytes=a-` against `size`: Ok(None) = whole blob.
 fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, DomainError> {
@@ -620,6 +681,27 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
     let client_info = crate::user_agent(req.headers());
     let request_uri: String = req.uri().path().chars().take(512).collect();
     let mut seen = Seen::default();
+    // Echoed as Azure does: the client's request id, and the version the request asked for.
+    let client_rid = req
+        .headers()
+        .get("x-ms-client-request-id")
+        .filter(|v| v.len() <= 1024)
+        .cloned();
+    let version = req
+        .headers()
+        .get("x-ms-version")
+        .filter(|v| {
+            let v = v.as_bytes();
+            v.len() == 10
+                && v.iter().enumerate().all(|(i, c)| {
+                    if i == 4 || i == 7 {
+                        *c == b'-'
+                    } else {
+                        c.is_ascii_digit()
+                    }
+                })
+        })
+        .cloned();
     // A client that asked `Expect: 100-continue` has not sent its body yet: draining it would
     // ask for the very bytes the refusal spares it.
     let continues = req
@@ -633,7 +715,13 @@ pub async fn handle(state: Arc<AppState>, req: Request) -> Response {
         let (unread, body) = crate::body::Retained::wrap(body);
         (Request::from_parts(parts, body), Some(unread))
     };
-    let resp = serve(&state, req, &rid, &mut seen).await;
+    let mut resp = serve(&state, req, &rid, &mut seen).await;
+    if let Some(v) = client_rid {
+        resp.headers_mut().insert("x-ms-client-request-id", v);
+    }
+    if let Some(v) = version {
+        resp.headers_mut().insert("x-ms-version", v);
+    }
     if let Some(unread) = unread {
         unread.drain().await;
     }
@@ -1211,7 +1299,9 @@ async fn execute(
             ok(b)
         }
         BlobOp::DeleteContainer { container } => {
-            svc.delete_container(auth, acct, &container).await?;
+            let cond = container_condition(h);
+            svc.delete_container(auth, acct, &container, cond.as_ref().map(|c| c as _))
+                .await?;
             ok(base(StatusCode::ACCEPTED, rid))
         }
         BlobOp::GetServiceProperties => {
@@ -1298,7 +1388,11 @@ async fn execute(
         }
         BlobOp::ListBlobs { container } => {
             let prefix = q.get("prefix").cloned().unwrap_or_default();
-            let marker = q.get("marker").cloned().unwrap_or_default();
+            // Blob markers go out percent-encoded (a name may hold characters XML cannot).
+            let marker = q
+                .get("marker")
+                .map(|m| percent_decode(m).unwrap_or_else(|| m.clone()))
+                .unwrap_or_default();
             let delimiter = q.get("delimiter").cloned();
             let max = max_results(q)?;
             let include_meta = q
@@ -1320,26 +1414,25 @@ async fn execute(
                 acct.name,
                 state.endpoints.blob_dns_suffix(),
                 xml_escape(&container),
-                xml_escape(&prefix)
+                xml_echo(&prefix)
             );
             if !marker.is_empty() {
-                x.push_str(&format!("<Marker>{}</Marker>", xml_escape(&marker)));
+                x.push_str(&format!("<Marker>{}</Marker>", percent_encode(&marker)));
             }
             x.push_str(&format!("<MaxResults>{max}</MaxResults>"));
             if let Some(d) = &delimiter {
-                x.push_str(&format!("<Delimiter>{}</Delimiter>", xml_escape(d)));
+                x.push_str(&format!("<Delimiter>{}</Delimiter>", xml_echo(d)));
             }
             x.push_str("<Blobs>");
             for it in &items {
                 match it {
-                    ListItem::Prefix(p) => x.push_str(&format!(
-                        "<BlobPrefix><Name>{}</Name></BlobPrefix>",
-                        xml_escape(p)
-                    )),
+                    ListItem::Prefix(p) => {
+                        x.push_str(&format!("<BlobPrefix>{}</BlobPrefix>", xml_name(p)))
+                    }
                     ListItem::Blob(b) => {
                         x.push_str(&format!(
-                            "<Blob><Name>{}</Name><Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>",
-                            xml_escape(&b.name),
+                            "<Blob>{}<Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>",
+                            xml_name(&b.name),
                             httpdate(b.created),
                             httpdate(b.last_modified),
                             xml_escape(&b.etag),
@@ -1371,7 +1464,7 @@ async fn execute(
             }
             x.push_str(&format!(
                 "</Blobs><NextMarker>{}</NextMarker></EnumerationResults>",
-                xml_escape(next.as_deref().unwrap_or(""))
+                percent_encode(next.as_deref().unwrap_or(""))
             ));
             base(StatusCode::OK, rid)
                 .header(http::header::CONTENT_TYPE, "application/xml")
@@ -1635,6 +1728,22 @@ async fn execute(
                     ));
                 }
             };
+            // Content-MD5 / x-ms-content-crc64 of a block list are the request body's.
+            let sums = checksums(h)?;
+            if let Some(want) = sums.md5 {
+                let mut md5 = coffer_crypto::checksum::Md5::new();
+                md5.update(&xml);
+                if md5.finish() != want {
+                    return Err(DomainError::Md5Mismatch);
+                }
+            }
+            if let Some(want) = sums.crc64 {
+                let mut crc = coffer_crypto::checksum::Crc64::new();
+                crc.update(&xml);
+                if crc.finish() != want {
+                    return Err(DomainError::Crc64Mismatch);
+                }
+            }
             let list = parse_block_list(&xml)?;
             let cond = write_condition(h, false, true);
             let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
@@ -1662,6 +1771,12 @@ async fn execute(
                 .map(String::as_str)
                 .unwrap_or("committed")
                 .to_ascii_lowercase();
+            if !matches!(which.as_str(), "committed" | "uncommitted" | "all") {
+                return Err(DomainError::BadInput {
+                    code: "InvalidQueryParameterValue",
+                    message: "blocklisttype must be committed, uncommitted or all.".into(),
+                });
+            }
             let (current, committed, uncommitted) =
                 svc.get_block_list(auth, acct, &container, &blob).await?;
             let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
@@ -1736,15 +1851,22 @@ async fn execute(
                 .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified)))
         }
         BlobOp::SetContainerMetadata { container } => {
+            let cond = container_condition(h);
             let c = svc
-                .set_container_metadata(auth, acct, &container, &metadata_from(h)?)
+                .set_container_metadata(
+                    auth,
+                    acct,
+                    &container,
+                    &metadata_from(h)?,
+                    cond.as_ref().map(|c| c as _),
+                )
                 .await?;
             ok(base(StatusCode::OK, rid)
                 .header(http::header::ETAG, &c.etag)
                 .header(http::header::LAST_MODIFIED, httpdate(c.last_modified)))
         }
         BlobOp::DeleteBlob { container, blob } => {
-            let cond = write_condition(h, false, false);
+            let cond = write_condition(h, false, true);
             let cond = cond.as_ref().map(|c| c as WriteCondition<'_>);
             svc.delete_blob(auth, acct, &container, &blob, cond).await?;
             ok(base(StatusCode::ACCEPTED, rid).header("x-ms-delete-type-permanent", "true"))
@@ -1786,21 +1908,28 @@ pub fn parse_block_list(xml: &[u8]) -> Result<Vec<(BlockListKind, String)>, Doma
     let mut depth = 0usize;
     let mut current: Option<BlockListKind> = None;
     let mut seen_root = false;
+    let mut has_id = false;
+    let no_id = || DomainError::InvalidBlockList("a block entry without a block id".into());
     loop {
         match reader.read_event_into(&mut buf) {
             Ok(Event::Start(e)) => {
                 depth += 1;
                 let name = e.name();
                 match (depth, name.into_inner()) {
-                    (1, "BlockList") => seen_root = true,
+                    (1, "BlockList") if !seen_root => seen_root = true,
                     (2, "Latest") => current = Some(BlockListKind::Latest),
                     (2, "Committed") => current = Some(BlockListKind::Committed),
                     (2, "Uncommitted") => current = Some(BlockListKind::Uncommitted),
                     _ => return Err(bad("unexpected element in the block list")),
                 }
+                has_id = false;
             }
             Ok(Event::Text(t)) => {
                 let kind = current.ok_or_else(|| bad("text outside a block entry"))?;
+                if has_id {
+                    return Err(bad("unsupported XML content"));
+                }
+                has_id = true;
                 let id = t.into_inner().into_owned();
                 if out.len() >= MAX_BLOCKS {
                     return Err(DomainError::InvalidBlockList(format!(
@@ -1810,10 +1939,29 @@ pub fn parse_block_list(xml: &[u8]) -> Result<Vec<(BlockListKind, String)>, Doma
                 out.push((kind, id));
             }
             Ok(Event::End(_)) => {
+                if current.is_some() && !has_id {
+                    return Err(no_id());
+                }
                 depth = depth.saturating_sub(1);
                 current = None;
             }
-            Ok(Event::Empty(_)) => return Err(bad("empty block entry")),
+            // `<BlockList />`: an empty blob (the SDK commits one for an empty upload of
+            // unknown length).
+            Ok(Event::Empty(e))
+                if depth == 0 && !seen_root && e.name().into_inner() == "BlockList" =>
+            {
+                seen_root = true;
+            }
+            Ok(Event::Empty(e))
+                if depth == 1
+                    && matches!(
+                        e.name().into_inner(),
+                        "Latest" | "Committed" | "Uncommitted"
+                    ) =>
+            {
+                return Err(no_id());
+            }
+            Ok(Event::Empty(_)) => return Err(bad("unexpected element in the block list")),
             Ok(Event::Eof) => break,
             Ok(Event::Decl(_) | Event::Comment(_) | Event::PI(_)) => {}
             Ok(_) => return Err(bad("unsupported XML content")),
@@ -1912,6 +2060,25 @@ fn check_conditions(
     current: Option<&BlobRecord>,
     read: bool,
 ) -> Option<CondFailure> {
+    check_version(h, current.map(|c| (c.etag.as_str(), c.last_modified)), read)
+}
+
+/// A container operation's conditional headers (Delete Container, Set Container Metadata):
+/// 412 ConditionNotMet when they do not hold for the container.
+fn container_condition(
+    h: &HeaderMap,
+) -> Option<impl Fn(&ContainerRecord) -> coffer_domain::Result<()> + Send + Sync + '_> {
+    let any = has_write_conditions(h) || hv(h, "if-none-match").is_some();
+    any.then_some(move |c: &ContainerRecord| {
+        match check_version(h, Some((c.etag.as_str(), c.last_modified)), false) {
+            Some(_) => Err(DomainError::ConditionNotMet),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Conditional headers against a version (`etag`, last modified; `None` = absent).
+fn check_version(h: &HeaderMap, current: Option<(&str, i64)>, read: bool) -> Option<CondFailure> {
     let fail_changed = if read {
         CondFailure::NotModified
     } else {
@@ -1919,22 +2086,24 @@ fn check_conditions(
     };
     if let Some(m) = hv(h, "if-match") {
         match current {
-            Some(c) if etag_matches(m, &c.etag) => {}
+            Some((etag, _)) if etag_matches(m, etag) => {}
             _ => return Some(CondFailure::Precondition),
         }
     }
-    if let (Some(m), Some(c)) = (hv(h, "if-none-match"), current)
-        && etag_matches(m, &c.etag)
+    if let (Some(m), Some((etag, _))) = (hv(h, "if-none-match"), current)
+        && etag_matches(m, etag)
     {
         return Some(fail_changed);
     }
-    if let (Some(d), Some(c)) = (hv(h, "if-modified-since").and_then(http_time), current)
-        && c.last_modified <= d
+    if let (Some(d), Some((_, modified))) =
+        (hv(h, "if-modified-since").and_then(http_time), current)
+        && modified <= d
     {
         return Some(fail_changed);
     }
-    if let (Some(d), Some(c)) = (hv(h, "if-unmodified-since").and_then(http_time), current)
-        && c.last_modified > d
+    if let (Some(d), Some((_, modified))) =
+        (hv(h, "if-unmodified-since").and_then(http_time), current)
+        && modified > d
     {
         return Some(CondFailure::Precondition);
     }
@@ -2017,13 +2186,13 @@ fn has_write_conditions(h: &HeaderMap) -> bool {
 fn max_results(q: &HashMap<String, String>) -> Result<usize, DomainError> {
     match q.get("maxresults") {
         None => Ok(MAX_RESULTS),
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_RESULTS).contains(n))
-            .ok_or_else(|| {
-                DomainError::InvalidProperty("maxresults must be between 1 and 5000".into())
-            }),
+        // Above 5000 means 5000 (as Azure); zero, negative or not a number is refused.
+        Some(v) => match v.parse::<u128>() {
+            Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(MAX_RESULTS).min(MAX_RESULTS)),
+            _ => Err(DomainError::InvalidProperty(
+                "maxresults must be a positive integer".into(),
+            )),
+        },
     }
 }
 
@@ -2191,8 +2360,26 @@ mod tests {
                 (BlockListKind::Uncommitted, "Q0ND".to_string()),
             ])
         );
+        // An empty list (an empty blob); entries need an id.
+        assert_eq!(parse_block_list(b"<BlockList />").ok(), Some(vec![]));
+        assert_eq!(
+            parse_block_list(b"<BlockList></BlockList>").ok(),
+            Some(vec![])
+        );
+        for no_id in [
+            &b"<BlockList><Latest></Latest></BlockList>"[..],
+            b"<BlockList><Latest/></BlockList>",
+            b"<BlockList><Committed>  </Committed></BlockList>",
+        ] {
+            assert!(matches!(
+                parse_block_list(no_id),
+                Err(DomainError::InvalidBlockList(_))
+            ));
+        }
         for bad in [
             &b"<BlockList><Latest>a</Latest>"[..],
+            b"<BlockList/><BlockList/>",
+            b"<BlockList><Other/></BlockList>",
             b"<Other/>",
             b"not xml",
             b"<BlockList><Evil>a</Evil></BlockList>",

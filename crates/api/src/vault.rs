@@ -344,6 +344,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
     match e {
         DomainError::InvalidName { .. }
         | DomainError::InvalidProperty(_)
+        | DomainError::BadInput { .. }
         | DomainError::CmkInvalid { .. }
         | DomainError::CmkUnavailable { .. }
         | DomainError::Cpk { .. }

@@ -311,14 +311,12 @@ impl BlobClient {
             let rb = self.request(Method::GET, Some(container), None, &q, &[])?;
             let xml = Self::send(rb).await?.text().await?;
             for p in elements(&xml, "BlobPrefix") {
-                out.push(
-                    json!({"name": xml_text(p, "Name").unwrap_or_default(), "isPrefix": true}),
-                );
+                out.push(json!({"name": listed_name(p), "isPrefix": true}));
             }
             for b in elements(&xml, "Blob") {
                 let len = xml_text(b, "Content-Length").and_then(|l| l.parse::<u64>().ok());
                 out.push(json!({
-                    "name": xml_text(b, "Name").unwrap_or_default(),
+                    "name": listed_name(b),
                     "container": container,
                     "properties": {
                         "contentLength": len,
@@ -396,6 +394,42 @@ pub fn is_code(e: &anyhow::Error, code: &str) -> bool {
 }
 
 /// The inner text of each `<tag>…</tag>` element (not nested in itself).
+/// A listed blob's or prefix's name: `<Name>` text, or percent-decoded when the service
+/// sent it `Encoded="true"` (a name holding characters XML cannot carry).
+fn listed_name(el: &str) -> String {
+    const ENCODED: &str = "<Name Encoded=\"true\">";
+    if let Some(i) = el.find(ENCODED) {
+        let rest = &el[i + ENCODED.len()..];
+        if let Some(j) = rest.find("</Name>") {
+            return percent_decode(&rest[..j]);
+        }
+    }
+    xml_text(el, "Name").unwrap_or_default()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
@@ -465,5 +499,7 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!(xml_text(e[1], "Name").as_deref(), Some("b&c"));
         assert_eq!(xml_text(x, "NextMarker"), None);
+        let e = "<Blob><Name Encoded=\"true\">a%EF%BF%BEb%25</Name></Blob>";
+        assert_eq!(listed_name(e), "a\u{FFFE}b%");
     }
 }

@@ -31,6 +31,8 @@ use crate::{DomainError, Result};
 /// The commit then expects that very version, so the conditions cannot pass for one version
 /// and apply to another; when a concurrent write got in between, they are evaluated again
 /// against the newer version (a few times at most, then 412).
+/// A container operation's conditions against the container as it is (Err: refused).
+pub type ContainerCondition<'a> = &'a (dyn Fn(&ContainerRecord) -> Result<()> + Send + Sync);
 pub type WriteCondition<'a> = &'a (dyn Fn(Option<&BlobRecord>) -> Result<()> + Send + Sync);
 
 /// Times a conditional write evaluates its conditions again after losing a race.
@@ -686,6 +688,7 @@ impl BlobService {
         auth: &BlobAuth,
         acct: &BlobAccount,
         name: &str,
+        cond: Option<ContainerCondition<'_>>,
     ) -> Result<()> {
         self.authorize(
             auth,
@@ -695,6 +698,16 @@ impl BlobService {
             Some(name),
         )
         .await?;
+        // (Checked before the deletion, not in its transaction: a container changes only by
+        // Set Container Metadata and ACLs, rarely at the same moment.)
+        if let Some(cond) = cond {
+            let c = self
+                .store
+                .get_container(&acct.name, name)
+                .await?
+                .ok_or(DomainError::ContainerNotFound)?;
+            cond(&c)?;
+        }
         let blobs = self
             .store
             .delete_container(&acct.name, name)
@@ -1359,6 +1372,7 @@ impl BlobService {
         acct: &BlobAccount,
         container: &str,
         meta: &[(String, String)],
+        cond: Option<ContainerCondition<'_>>,
     ) -> Result<ContainerRecord> {
         self.authorize(
             auth,
@@ -1373,6 +1387,9 @@ impl BlobService {
             .get_container(&acct.name, container)
             .await?
             .ok_or(DomainError::ContainerNotFound)?;
+        if let Some(cond) = cond {
+            cond(&c)?;
+        }
         c.metadata = Self::seal_metadata(acct, container, "", meta)?;
         c.etag = self.etag()?;
         c.last_modified = self.clock.now();

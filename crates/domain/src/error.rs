@@ -10,6 +10,10 @@ pub enum DomainError {
     },
     #[error("{0}")]
     InvalidProperty(String),
+    /// Bad input with the protocol's own error code (400), e.g. the Blob service's
+    /// InvalidMetadata or MetadataTooLarge.
+    #[error("{message}")]
+    BadInput { code: &'static str, message: String },
     #[error(
         "the location '{location}' is not available for resource type '{resource_type}'; available: {available}"
     )]

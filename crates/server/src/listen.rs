@@ -17,6 +17,7 @@ use tower::ServiceExt;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(10);
+const MAX_HEADERS: usize = 512;
 
 pub async fn serve_tls(
     listener: TcpListener,
@@ -80,7 +81,10 @@ async fn serve_conn<S>(
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(256 * 1024);
+        .max_buf_size(256 * 1024)
+        // Blob metadata travels as one header per name (up to 8 KiB of it in all): room for
+        // a few hundred beyond hyper's default of 100 headers.
+        .max_headers(MAX_HEADERS);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
