@@ -16,13 +16,17 @@
 //!   (for 256 MiB on this project's test machine: about 100 ms, 15 % of an upload). An error
 //!   of any of them fails the commit.
 //!
-//! Deleting a small object *recycles* its file: truncated, it becomes a free spare (up to
-//! [`SPARE_MAX_FREE`] of them), so a workload that overwrites small blobs creates and deletes
-//! no inode per write. On ext4 without a journal every inode allocation scans past the inodes
-//! deleted in the last minutes, so unlinking one file per write made each new file dearer the
-//! longer the load ran (docs/benchmarks.md). A recycled id serves a new object with a new
-//! DEK; a reader still holding the old record then fails authentication, never reads another
-//! object's bytes as its own.
+//! Deleting a small object *recycles* its file: truncated and renamed to a fresh id, it
+//! becomes a free spare (up to [`SPARE_MAX_FREE`] of them), so a workload that overwrites
+//! small blobs creates and deletes no inode per write. On ext4 without a journal every inode
+//! allocation scans past the inodes deleted in the last minutes, so unlinking one file per
+//! write made each new file dearer the longer the load ran (docs/benchmarks.md). An object id
+//! is never used twice: a reader still holding the old record finds no file, and a late or
+//! repeated deletion of the old id finds nothing to delete (were the id reused, it would
+//! truncate the object now in that file, and a reader of the same blob name could take that
+//! object for the one it was looking for). Recycled files are renamed into one directory per
+//! [`SPARE_BATCH`], which is fsynced once before they are handed out, so the new name of a
+//! file an acknowledged write went into survives a crash.
 //!
 //! A spare's name exists before its object does, so the garbage collector must not take it
 //! for an old orphan: [`ByteStore::delete_orphan`] skips every spare not yet committed (kept
@@ -61,6 +65,10 @@ pub const WRITEBACK_EVERY: u64 = 16 << 20;
 struct Spares {
     free: Vec<(String, Instant)>,
     issued: HashSet<String>,
+    /// Recycled files renamed into the directory `recycle_prefix` whose new names are not
+    /// durable yet (handed out once it is fsynced).
+    recycled: Vec<String>,
+    recycle_prefix: Option<String>,
 }
 
 pub struct FsByteStore {
@@ -123,6 +131,36 @@ impl FsByteStore {
         };
         s.issued.insert(id.clone());
         Ok(Some(id))
+    }
+
+    /// Make a batch of recycled files' new names durable (their directory fsynced once), then
+    /// hand them out as free spares.
+    async fn publish_recycled(&self, prefix: String, ids: Vec<String>) -> Result<()> {
+        let dir = self.root.join(&prefix);
+        blocking(move || std::fs::File::open(&dir)?.sync_all()).await?;
+        let now = Instant::now();
+        self.spares
+            .lock()
+            .map_err(|_| poisoned())?
+            .free
+            .extend(ids.into_iter().map(|id| (id, now)));
+        Ok(())
+    }
+
+    /// The recycled files not yet published (fewer than a batch), published now.
+    async fn publish_pending(&self) -> Result<()> {
+        let pending = {
+            let mut s = self.spares.lock().map_err(|_| poisoned())?;
+            let ids = std::mem::take(&mut s.recycled);
+            s.recycle_prefix
+                .take()
+                .filter(|_| !ids.is_empty())
+                .map(|p| (p, ids))
+        };
+        match pending {
+            Some((prefix, ids)) => self.publish_recycled(prefix, ids).await,
+            None => Ok(()),
+        }
     }
 
     /// Create a batch of empty spare files in one directory, then fsync it once.
@@ -378,6 +416,11 @@ impl ByteStore for FsByteStore {
         if let Some(id) = self.take_spare()? {
             return Ok(id);
         }
+        // Recycled files waiting for a full batch are cheaper than new ones.
+        self.publish_pending().await?;
+        if let Some(id) = self.take_spare()? {
+            return Ok(id);
+        }
         if let Err(e) = self.make_spares().await {
             // Spares are an optimisation: write through a temporary file instead.
             tracing::warn!(error = %e, "could not create spare object files");
@@ -420,7 +463,10 @@ impl ByteStore for FsByteStore {
             let s = spares
                 .lock()
                 .map_err(|_| std::io::Error::other("lock poisoned"))?;
-            if s.issued.contains(&id) || s.free.iter().any(|(f, _)| *f == id) {
+            if s.issued.contains(&id)
+                || s.recycled.contains(&id)
+                || s.free.iter().any(|(f, _)| *f == id)
+            {
                 return Ok(false);
             }
             let cutoff = modified_before(age);
@@ -482,6 +528,7 @@ impl ByteStore for FsByteStore {
 
     async fn list_older_than(&self, age: std::time::Duration) -> Result<Vec<String>> {
         let root = self.root.clone();
+        let spares = self.spares.clone();
         blocking(move || {
             let mut out = Vec::new();
             let cutoff = modified_before(age);
@@ -513,44 +560,70 @@ impl ByteStore for FsByteStore {
                     }
                 }
             }
+            // Spares are not objects (`delete_orphan` would skip them anyway).
+            let s = spares
+                .lock()
+                .map_err(|_| std::io::Error::other("lock poisoned"))?;
+            let spare: HashSet<&str> = (s.free.iter().map(|(f, _)| f.as_str()))
+                .chain(s.issued.iter().map(String::as_str))
+                .chain(s.recycled.iter().map(String::as_str))
+                .collect();
+            out.retain(|id| !spare.contains(id.as_str()));
             Ok(out)
         })
         .await
     }
 
-    /// Recycle a small object's file as a free spare (truncated under the spares' lock, so
-    /// no one can be handed it before it is empty), or remove the file.
+    /// Recycle a small object's file as a spare under a fresh id (truncated and renamed under
+    /// the spares' lock, so no one can be handed it before it is empty, and the old id names
+    /// nothing from then on), or remove the file.
     async fn delete(&self, object_id: &str) -> Result<()> {
         let path = self.path(object_id)?;
         let spares = self.spares.clone();
+        let root = self.root.clone();
         let id = object_id.to_string();
-        blocking(move || {
+        let fresh = new_object_id()?;
+        let full = blocking(move || {
             let mut s = spares
                 .lock()
                 .map_err(|_| std::io::Error::other("lock poisoned"))?;
-            if s.free.iter().any(|(f, _)| *f == id) {
-                return Ok(()); // recycled already
+            if s.free.iter().any(|(f, _)| *f == id) || s.recycled.contains(&id) {
+                return Ok(None); // a spare: not an object
             }
-            if !s.issued.contains(&id) && s.free.len() < SPARE_MAX_FREE {
+            if !s.issued.contains(&id) && s.free.len() + s.recycled.len() < SPARE_MAX_FREE {
                 let f = match std::fs::OpenOptions::new().write(true).open(&path) {
                     Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e),
                 };
                 if f.metadata()?.len() <= RECYCLE_MAX_BYTES {
                     f.set_len(0)?;
-                    s.free.push((id, Instant::now()));
-                    return Ok(());
+                    let prefix = s
+                        .recycle_prefix
+                        .get_or_insert_with(|| fresh[..2].to_string())
+                        .clone();
+                    let new_id = format!("{prefix}{}", &fresh[2..]);
+                    std::fs::rename(&path, root.join(&prefix).join(&new_id))?;
+                    s.recycled.push(new_id);
+                    if s.recycled.len() >= SPARE_BATCH {
+                        s.recycle_prefix = None;
+                        return Ok(Some((prefix, std::mem::take(&mut s.recycled))));
+                    }
+                    return Ok(None);
                 }
             }
             drop(s);
             match std::fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Ok(()) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             }
         })
-        .await
+        .await?;
+        if let Some((prefix, ids)) = full {
+            self.publish_recycled(prefix, ids).await?;
+        }
+        Ok(())
     }
 }
 
@@ -674,25 +747,49 @@ mod tests {
     async fn deleted_small_objects_are_recycled_as_spares() -> Result<()> {
         let dir = tempfile::tempdir().map_err(io)?;
         let s = FsByteStore::new(dir.path().to_path_buf())?;
-        let id = s.allocate(4096).await?;
-        let mut w = s.create(&id).await?;
-        w.write(&[5u8; 4096]).await?;
-        w.commit().await?;
-        let path = dir.path().join(&id[..2]).join(&id);
-        s.delete(&id).await?;
-        s.delete(&id).await?;
-        assert_eq!(std::fs::metadata(&path).map_err(io)?.len(), 0);
-        assert!(s.read(&id, 0, 1).await.is_err());
-        assert!(!s.delete_orphan(&id, Duration::ZERO).await?);
-        // handed out again (newest first), once
+        let files = || -> Result<usize> {
+            let mut n = 0;
+            for d in std::fs::read_dir(dir.path()).map_err(io)? {
+                n += std::fs::read_dir(d.map_err(io)?.path())
+                    .map_err(io)?
+                    .count();
+            }
+            Ok(n)
+        };
+        let mut old = Vec::new();
+        for i in 0..3u8 {
+            let id = s.allocate(4096).await?;
+            let mut w = s.create(&id).await?;
+            w.write(&[i; 4096]).await?;
+            w.commit().await?;
+            old.push(id);
+        }
+        let before = files()?;
+        for id in &old {
+            s.delete(id).await?;
+            s.delete(id).await?; // twice: nothing more happens
+            assert!(!dir.path().join(&id[..2]).join(id).exists(), "renamed away");
+            assert!(s.read(id, 0, 1).await.is_err());
+            assert!(!s.delete_orphan(id, Duration::ZERO).await?);
+        }
+        assert_eq!(files()?, before, "no file removed: recycled");
+        // The batch's other spares go first; then the recycled files, under fresh ids, empty.
+        for _ in 3..SPARE_BATCH {
+            let id = s.allocate(10).await?;
+            drop(s.create(&id).await?);
+        }
         let again = s.allocate(10).await?;
-        assert_eq!(again, id);
-        assert_ne!(s.allocate(10).await?, id);
+        assert!(!old.contains(&again), "an id is never used twice");
+        let path = dir.path().join(&again[..2]).join(&again);
+        assert_eq!(std::fs::metadata(&path).map_err(io)?.len(), 0);
+        assert_eq!(files()?, before, "no file created: a recycled one");
         let mut w = s.create(&again).await?;
         w.write(b"second life").await?;
         w.commit().await?;
-        assert_eq!(s.read(&id, 0, 11).await?, b"second life");
-        assert_eq!(std::fs::metadata(&path).map_err(io)?.len(), 11);
+        // a late deletion of an old id leaves the new object alone
+        s.delete(&old[0]).await?;
+        assert_eq!(s.read(&again, 0, 11).await?, b"second life");
+        let id = again;
         // a large object's file is removed
         let big = s.allocate(RECYCLE_MAX_BYTES + 1).await?;
         let mut w = s.create(&big).await?;

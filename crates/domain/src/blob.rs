@@ -383,9 +383,14 @@ pub fn check_cpk(rec: &BlobRecord, acct: &BlobAccount) -> Result<()> {
 
 /// The objects of `old` parts that `keep` no longer references.
 fn unreferenced(old: Vec<Part>, keep: &[Part]) -> Vec<String> {
+    let keep: std::collections::HashSet<&str> = keep.iter().map(|k| k.object_id.as_str()).collect();
+    // Each once: a block listed twice is one object (deleted twice, a recycled file would be
+    // taken from whoever was handed it meanwhile).
+    let mut seen = std::collections::HashSet::new();
     old.into_iter()
-        .filter(|p| !keep.iter().any(|k| k.object_id == p.object_id))
+        .filter(|p| !keep.contains(p.object_id.as_str()))
         .map(|p| p.object_id)
+        .filter(|id| seen.insert(id.clone()))
         .collect()
 }
 
@@ -797,7 +802,11 @@ impl BlobService {
     ) -> Result<BlobRecord> {
         let (region, written) = (rec.region.clone(), rec.parts.clone());
         match self.commit_replacing(rec, expect, cond).await {
-            Err(e @ (DomainError::ConditionNotMet | DomainError::Conflict(_))) => {
+            Err(
+                e @ (DomainError::ConditionNotMet
+                | DomainError::Conflict(_)
+                | DomainError::ContainerNotFound),
+            ) => {
                 self.forget_parts(&region, written, &[]).await;
                 Err(e)
             }
@@ -1097,8 +1106,15 @@ impl BlobService {
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
         };
-        if let Some(old) = self.store.put_staged_block(&staged).await? {
-            self.forget_parts(&old.region, vec![old.part], &[]).await;
+        match self.store.put_staged_block(&staged).await {
+            Ok(Some(old)) => self.forget_parts(&old.region, vec![old.part], &[]).await,
+            Ok(None) => {}
+            Err(e) => {
+                // (The container was deleted meanwhile.) The object is nobody's.
+                self.forget_parts(&staged.region, vec![staged.part], &[])
+                    .await;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1692,5 +1708,27 @@ impl BlobService {
                 return Ok((items, None));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(id: &str) -> Part {
+        Part {
+            object_id: id.into(),
+            size: 1,
+            block_id: Some("b".into()),
+            format: None,
+        }
+    }
+
+    /// What a replaced version leaves unreferenced: each object once (a block listed twice
+    /// is one object), none the new version keeps.
+    #[test]
+    fn unreferenced_objects_are_listed_once() {
+        let old = vec![part("x"), part("y"), part("x"), part("z"), part("y")];
+        assert_eq!(unreferenced(old, &[part("z")]), ["x", "y"]);
     }
 }
