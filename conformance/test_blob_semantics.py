@@ -151,3 +151,25 @@ def test_request_id_and_version_are_echoed(coffer, account):
     sent = r.request.headers
     assert r.headers["x-ms-client-request-id"] == sent["x-ms-client-request-id"]
     assert r.headers["x-ms-version"] == sent["x-ms-version"]
+
+
+def test_a_copy_destination_reports_its_copy(coffer, account):
+    """Get Blob Properties and List Blobs (include=copy) report the copy that wrote a blob
+    (id, source without its SAS, status, progress, completion time) until Set Blob
+    Properties or a new upload changes it."""
+    from azure.storage.blob import ContentSettings
+    cc = _container(coffer, account)
+    src = cc.upload_blob("src", b"copied bytes")
+    dst = cc.get_blob_client("dst")
+    started = dst.start_copy_from_url(src.url + "?sv=2025-01-05&sig=secret")
+    copy = dst.get_blob_properties().copy
+    assert copy.status == "success" and copy.id == started["copy_id"]
+    assert copy.source == src.url and "sig" not in copy.source
+    assert copy.progress == "12/12" and copy.completion_time is not None
+    [listed] = list(cc.list_blobs(name_starts_with="dst", include=["copy"]))
+    assert (listed.copy.id, listed.copy.status, listed.copy.progress) == (copy.id, "success", "12/12")
+    dst.set_blob_metadata({"k": "v"})  # metadata leaves it
+    assert dst.get_blob_properties().copy.id == copy.id
+    dst.set_http_headers(ContentSettings(content_type="text/plain"))
+    assert dst.get_blob_properties().copy.status is None
+    assert cc.upload_blob("src", b"new", overwrite=True).get_blob_properties().copy.id is None

@@ -634,6 +634,14 @@ fn blob_headers(
             b = b.header(k, v);
         }
     }
+    if let Some(c) = &rec.copy {
+        b = b
+            .header("x-ms-copy-id", &c.id)
+            .header("x-ms-copy-source", &c.source)
+            .header("x-ms-copy-status", "success")
+            .header("x-ms-copy-progress", format!("{}/{}", c.size, c.size))
+            .header("x-ms-copy-completion-time", httpdate(c.completed));
+    }
     for (k, v) in meta {
         b = b.header(format!("x-ms-meta-{k}"), v);
     }
@@ -1398,6 +1406,9 @@ async fn execute(
             let include_meta = q
                 .get("include")
                 .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
+            let include_copy = q
+                .get("include")
+                .is_some_and(|i| i.split(',').any(|x| x == "copy"));
             let (items, next) = svc
                 .list_blobs(
                     auth,
@@ -1431,7 +1442,7 @@ async fn execute(
                     }
                     ListItem::Blob(b) => {
                         x.push_str(&format!(
-                            "<Blob>{}<Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>",
+                            "<Blob>{}<Properties><Creation-Time>{}</Creation-Time><Last-Modified>{}</Last-Modified><Etag>{}</Etag><Content-Length>{}</Content-Length><Content-Type>{}</Content-Type><Content-Encoding>{}</Content-Encoding><Content-Language>{}</Content-Language><Content-MD5>{}</Content-MD5><Cache-Control>{}</Cache-Control><Content-Disposition>{}</Content-Disposition><BlobType>BlockBlob</BlobType><AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted>",
                             xml_name(&b.name),
                             httpdate(b.created),
                             httpdate(b.last_modified),
@@ -1444,6 +1455,17 @@ async fn execute(
                             xml_escape(b.cache_control.as_deref().unwrap_or("")),
                             xml_escape(b.content_disposition.as_deref().unwrap_or("")),
                         ));
+                        if let Some(c) = b.copy.as_ref().filter(|_| include_copy) {
+                            x.push_str(&format!(
+                                "<CopyId>{}</CopyId><CopySource>{}</CopySource><CopyStatus>success</CopyStatus><CopyProgress>{}/{}</CopyProgress><CopyCompletionTime>{}</CopyCompletionTime>",
+                                xml_escape(&c.id),
+                                xml_escape(&c.source),
+                                c.size,
+                                c.size,
+                                httpdate(c.completed)
+                            ));
+                        }
+                        x.push_str("</Properties>");
                         // A CPK blob's metadata is sealed under the customer's key: not
                         // listed (as Azure).
                         if include_meta && b.cpk.is_none() {
@@ -1491,6 +1513,7 @@ async fn execute(
                     acct,
                     (&src_container, &src_blob),
                     (&container, &blob),
+                    source,
                     (!meta.is_empty()).then_some(meta.as_slice()),
                     cond.as_ref().map(|c| c as _),
                     src_cond.as_ref().map(|c| c as _),
@@ -1508,7 +1531,7 @@ async fn execute(
                 .header(http::header::LAST_MODIFIED, httpdate(rec.last_modified))
                 .header(
                     "x-ms-copy-id",
-                    coffer_crypto::random::uuid().unwrap_or_default(),
+                    rec.copy.as_ref().map(|c| c.id.as_str()).unwrap_or_default(),
                 )
                 .header("x-ms-copy-status", "success"))
         }

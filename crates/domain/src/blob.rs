@@ -21,7 +21,7 @@ use crate::bytes::ByteStore;
 use crate::clock::Clock;
 use crate::identity::Caller;
 use crate::mgmt::{BlobAccount, MgmtService};
-use crate::model::{BlobRecord, ContainerRecord, Part, StagedBlock};
+use crate::model::{BlobRecord, ContainerRecord, CopyInfo, Part, StagedBlock};
 use crate::rbac::{ActionKind, Rbac};
 use crate::store::{Expect, MetaStore};
 use crate::{DomainError, Result};
@@ -788,6 +788,7 @@ impl BlobService {
             metadata: Self::seal_metadata(acct, container, name, meta)?,
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
+            copy: None,
         };
         self.commit_written(rec, expect, cond).await
     }
@@ -1265,6 +1266,7 @@ impl BlobService {
             metadata: Self::seal_metadata(acct, container, name, meta)?,
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
+            copy: None,
         };
         let replaced = match self
             .store
@@ -1376,6 +1378,7 @@ impl BlobService {
             rec.content_disposition = headers.content_disposition.clone();
             rec.cache_control = headers.cache_control.clone();
             rec.content_md5 = headers.content_md5.clone();
+            rec.copy = None;
             Ok(())
         })
         .await
@@ -1426,6 +1429,7 @@ impl BlobService {
         acct: &BlobAccount,
         (src_container, src_name): (&str, &str),
         (container, name): (&str, &str),
+        source_url: &str,
         meta: Option<&[(String, String)]>,
         cond: Option<WriteCondition<'_>>,
         src_cond: Option<WriteCondition<'_>>,
@@ -1500,6 +1504,12 @@ impl BlobService {
             metadata: Self::seal_metadata(acct, container, name, &meta_vec)?,
             cpk: acct.cpk.clone(),
             scope: acct.scope_name(),
+            copy: Some(CopyInfo {
+                id: coffer_crypto::random::uuid()?,
+                source: source_url.split('?').next().unwrap_or_default().to_string(),
+                completed: now,
+                size: src.size,
+            }),
         };
         self.commit_written(rec, expect, cond).await
     }

@@ -234,6 +234,22 @@ pub struct BlobRecord {
     /// The encryption scope whose key wraps the blob's DEKs, or None (the account's key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The Copy Blob that wrote this version, until Set Blob Properties changes it (Put Blob
+    /// and Put Block List write versions without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyInfo>,
+}
+
+/// A completed (synchronous) Copy Blob, as Get Blob Properties reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub id: String,
+    /// The source blob's URL, without its query (a SAS is not kept).
+    pub source: String,
+    /// When it completed (Unix seconds).
+    pub completed: i64,
+    /// Bytes copied.
+    pub size: u64,
 }
 
 /// A block staged with Put Block and not yet committed.
