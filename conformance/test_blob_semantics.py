@@ -173,3 +173,14 @@ def test_a_copy_destination_reports_its_copy(coffer, account):
     dst.set_http_headers(ContentSettings(content_type="text/plain"))
     assert dst.get_blob_properties().copy.status is None
     assert cc.upload_blob("src", b"new", overwrite=True).get_blob_properties().copy.id is None
+
+
+def test_block_ids_of_a_blob_have_one_length(coffer, account):
+    bc = _container(coffer, account).get_blob_client("b")
+    short, long = base64.b64encode(b"aaaa").decode(), base64.b64encode(b"longer-id").decode()
+    bc.stage_block(short, b"1")
+    _refused(lambda: bc.stage_block(long, b"2"), 400, "InvalidBlobOrBlock")
+    bc.commit_block_list([short])
+    bc.stage_block(long, b"3")  # nothing uncommitted now: a new length is fine
+    bc.commit_block_list([long])
+    assert bc.download_blob().readall() == b"3"

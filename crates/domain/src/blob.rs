@@ -1086,6 +1086,24 @@ impl BlobService {
         {
             return Err(DomainError::ContainerNotFound);
         }
+        // A blob's uncommitted block ids all have one length (as Azure).
+        let id_len = |id: &str| coffer_crypto::b64::std_decode(id).map(|b| b.len());
+        let staged = self
+            .store
+            .list_staged_blocks(&acct.name, container, name)
+            .await?;
+        if staged
+            .iter()
+            .filter_map(|s| s.part.block_id.as_deref())
+            .any(|other| id_len(other) != id_len(block_id))
+        {
+            return Err(DomainError::BadInput {
+                code: "InvalidBlobOrBlock",
+                message: "The specified blob or block content is invalid: the block ids of a \
+                          blob must all have the same length."
+                    .into(),
+            });
+        }
         let (part, _) = self
             .write_object(
                 acct,
