@@ -782,9 +782,9 @@ fn domain_error(e: &DomainError, request_id: &str) -> Response {
                 _ => "InvalidResourceName",
             },
         ),
-        DomainError::InvalidProperty(_) | DomainError::BadInput { .. } => {
-            (StatusCode::BAD_REQUEST, "BadRequest")
-        }
+        DomainError::InvalidProperty(_)
+        | DomainError::BadInput { .. }
+        | DomainError::BodyTooLarge(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
         DomainError::LocationNotAvailable { .. } => (
             StatusCode::BAD_REQUEST,
             "LocationNotAvailableForResourceType",

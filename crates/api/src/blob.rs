@@ -133,6 +133,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidXml(_) => (StatusCode::BAD_REQUEST, "InvalidXmlDocument"),
         DomainError::Md5Mismatch => (StatusCode::BAD_REQUEST, "Md5Mismatch"),
         DomainError::BadInput { code, .. } => (StatusCode::BAD_REQUEST, *code),
+        DomainError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestBodyTooLarge"),
         DomainError::Crc64Mismatch => (StatusCode::BAD_REQUEST, "Crc64Mismatch"),
         DomainError::Forbidden { .. } => (StatusCode::FORBIDDEN, "AuthorizationPermissionMismatch"),
         DomainError::InvalidName {

@@ -345,6 +345,7 @@ fn domain_error(e: &DomainError, rid: &str) -> Response {
         DomainError::InvalidName { .. }
         | DomainError::InvalidProperty(_)
         | DomainError::BadInput { .. }
+        | DomainError::BodyTooLarge(_)
         | DomainError::CmkInvalid { .. }
         | DomainError::CmkUnavailable { .. }
         | DomainError::Cpk { .. }

@@ -412,6 +412,10 @@ pub struct Checksums {
     pub crc64: Option<[u8; 8]>,
 }
 
+/// Azure's limits: a Put Blob body, and a block.
+pub const MAX_PUT_BLOB_BYTES: u64 = 5000 * 1024 * 1024;
+pub const MAX_BLOCK_BYTES: u64 = 4000 * 1024 * 1024;
+
 /// Uncommitted blocks expire after 7 days, as in Azure.
 pub const STAGED_BLOCK_TTL: i64 = 7 * 86_400;
 /// Unreferenced objects younger than this are left alone (uploads in flight).
@@ -750,6 +754,13 @@ impl BlobService {
         )
         .await?;
         validate_blob_name(name)?;
+        if len > MAX_PUT_BLOB_BYTES {
+            return Err(DomainError::BodyTooLarge(
+                "The request body is too large: Put Blob takes at most 5000 MiB (stage larger \
+                 blobs as blocks)."
+                    .into(),
+            ));
+        }
         if self
             .store
             .get_container(&acct.name, container)
@@ -1073,9 +1084,9 @@ impl BlobService {
         .await?;
         validate_blob_name(name)?;
         validate_block_id(block_id)?;
-        if len > 4000 * 1024 * 1024 {
-            return Err(DomainError::InvalidProperty(
-                "a block may hold at most 4000 MiB".into(),
+        if len > MAX_BLOCK_BYTES {
+            return Err(DomainError::BodyTooLarge(
+                "The request body is too large: a block may hold at most 4000 MiB.".into(),
             ));
         }
         if self

@@ -10,6 +10,9 @@ pub enum DomainError {
     },
     #[error("{0}")]
     InvalidProperty(String),
+    /// A request body over the operation's limit: 413 RequestBodyTooLarge.
+    #[error("{0}")]
+    BodyTooLarge(String),
     /// Bad input with the protocol's own error code (400), e.g. the Blob service's
     /// InvalidMetadata or MetadataTooLarge.
     #[error("{message}")]
