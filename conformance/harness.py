@@ -138,6 +138,26 @@ def verify_rs256(token: str, jwk: dict) -> None:
     public.verify(b64url_decode(sig), f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
 
 
+def raw_request_head(coffer: "Coffer", request: str) -> bytes:
+    """Send `request` (a request line and headers, no body) over TLS to the blob endpoint and
+    return the response's head: for requests the SDK cannot make (a body never sent)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = urlsplit(coffer.endpoints["blob"])
+    ctx = ssl.create_default_context(cafile=coffer.ca)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=url.hostname) as s:
+        s.sendall(request.replace("{host}", url.netloc).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, "connection closed before a response"
+            head += chunk
+    return head
+
+
 def sign_rs256(header: dict, claims: dict, key: Optional[rsa.RSAPrivateKey] = None) -> str:
     """A JWT signed with `key` (a fresh RSA key by default): for forgery tests."""
     key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)

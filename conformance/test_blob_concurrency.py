@@ -16,7 +16,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.blob import BlobBlock, BlobServiceClient
 
-from harness import unique
+from harness import raw_request_head, unique
 from test_blob_basic import account  # noqa: F401  (fixture)
 
 WRITERS = 8
@@ -125,22 +125,9 @@ def test_a_refused_large_body_gets_the_error_not_a_reset(coffer, account):
 def test_a_refused_request_that_expects_100_continue_is_answered_at_once(coffer, account):
     """With `Expect: 100-continue` the body is not sent until the server asks: a refusal is the
     final answer at once (no 100 Continue, no waiting for a body to drain)."""
-    import socket
-    import ssl
-    from urllib.parse import urlsplit
-
-    url = urlsplit(coffer.endpoints["blob"])
-    ctx = ssl.create_default_context(cafile=coffer.ca)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=url.hostname) as s:
-        s.sendall((f"PUT /{account['name']}/nope/x HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                   "x-ms-version: 2025-01-05\r\nx-ms-blob-type: BlockBlob\r\n"
-                   f"Content-Length: {8 << 20}\r\nExpect: 100-continue\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            assert chunk, "connection closed before a response"
-            head += chunk
+    head = raw_request_head(coffer, f"PUT /{account['name']}/nope/x HTTP/1.1\r\nHost: {{host}}\r\n"
+                            "x-ms-version: 2025-01-05\r\nx-ms-blob-type: BlockBlob\r\n"
+                            f"Content-Length: {8 << 20}\r\nExpect: 100-continue\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].decode()
     assert status.startswith("HTTP/1.1 4"), status
 

@@ -133,11 +133,8 @@ impl FsByteStore {
         Ok(Some(id))
     }
 
-    /// Make a batch of recycled files' new names durable (their directory fsynced once), then
-    /// hand them out as free spares.
-    async fn publish_recycled(&self, prefix: String, ids: Vec<String>) -> Result<()> {
-        let dir = self.root.join(&prefix);
-        blocking(move || std::fs::File::open(&dir)?.sync_all()).await?;
+    /// Hand out `ids` as free spares from now on.
+    fn add_free(&self, ids: Vec<String>) -> Result<()> {
         let now = Instant::now();
         self.spares
             .lock()
@@ -145,6 +142,14 @@ impl FsByteStore {
             .free
             .extend(ids.into_iter().map(|id| (id, now)));
         Ok(())
+    }
+
+    /// Make a batch of recycled files' new names durable (their directory fsynced once), then
+    /// hand them out as free spares.
+    async fn publish_recycled(&self, prefix: String, ids: Vec<String>) -> Result<()> {
+        let dir = self.root.join(&prefix);
+        blocking(move || std::fs::File::open(&dir)?.sync_all()).await?;
+        self.add_free(ids)
     }
 
     /// The recycled files not yet published (fewer than a batch), published now.
@@ -185,13 +190,7 @@ impl FsByteStore {
             .await
         };
         made?;
-        let now = Instant::now();
-        self.spares
-            .lock()
-            .map_err(|_| poisoned())?
-            .free
-            .extend(ids.into_iter().map(|id| (id, now)));
-        Ok(())
+        self.add_free(ids)
     }
 }
 

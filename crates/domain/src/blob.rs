@@ -761,14 +761,7 @@ impl BlobService {
                     .into(),
             ));
         }
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         // Conditions first: a refused write reads no body.
         let expect = self.evaluate(cond, &acct.name, container, name).await?;
         let (part, digest) = self
@@ -826,6 +819,14 @@ impl BlobService {
         }
     }
 
+    /// ContainerNotFound unless the container exists.
+    async fn require_container(&self, account: &str, container: &str) -> Result<()> {
+        match self.store.get_container(account, container).await? {
+            Some(_) => Ok(()),
+            None => Err(DomainError::ContainerNotFound),
+        }
+    }
+
     /// Evaluate a write's conditions against the committed version (under the write
     /// permission, checked by the caller first, so a 412 reveals nothing it could not learn
     /// by writing); what the commit must then find.
@@ -859,14 +860,7 @@ impl BlobService {
             Some(container),
         )
         .await?;
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         let rec = self
             .store
             .get_blob(&acct.name, container, name)
@@ -1089,24 +1083,15 @@ impl BlobService {
                 "The request body is too large: a block may hold at most 4000 MiB.".into(),
             ));
         }
+        self.require_container(&acct.name, container).await?;
+        // A blob's uncommitted block ids all have one length (as Azure): comparing with one
+        // of them is enough (a blob may have 100,000 of them).
+        let id_len = |id: &str| coffer_crypto::b64::std_decode(id).map(|b| b.len());
         if self
             .store
-            .get_container(&acct.name, container)
+            .any_staged_block_id(&acct.name, container, name)
             .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
-        // A blob's uncommitted block ids all have one length (as Azure).
-        let id_len = |id: &str| coffer_crypto::b64::std_decode(id).map(|b| b.len());
-        let staged = self
-            .store
-            .list_staged_blocks(&acct.name, container, name)
-            .await?;
-        if staged
-            .iter()
-            .filter_map(|s| s.part.block_id.as_deref())
-            .any(|other| id_len(other) != id_len(block_id))
+            .is_some_and(|other| id_len(&other) != id_len(block_id))
         {
             return Err(DomainError::BadInput {
                 code: "InvalidBlobOrBlock",
@@ -1176,14 +1161,7 @@ impl BlobService {
                 "a blob may have at most {MAX_BLOCKS} blocks"
             )));
         }
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         // The list is resolved against the blocks and the version read here, and commits only
         // if that version is still the current one (else again, against the newer one): a
         // concurrent commit has dropped those staged blocks, or the objects of the committed
@@ -1479,14 +1457,7 @@ impl BlobService {
         )
         .await?;
         validate_blob_name(name)?;
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         let expect = self.evaluate(cond, &acct.name, container, name).await?;
         let meta_vec = match meta {
             Some(m) => m.to_vec(),
@@ -1602,14 +1573,7 @@ impl BlobService {
             Some(container),
         )
         .await?;
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         let current = self.store.get_blob(&acct.name, container, name).await?;
         let staged = self
             .store
@@ -1650,14 +1614,7 @@ impl BlobService {
             Some(container),
         )
         .await?;
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         let mut retries = 0;
         let old = loop {
             let expect = self.evaluate(cond, &acct.name, container, name).await?;
@@ -1696,14 +1653,7 @@ impl BlobService {
             Some(container),
         )
         .await?;
-        if self
-            .store
-            .get_container(&acct.name, container)
-            .await?
-            .is_none()
-        {
-            return Err(DomainError::ContainerNotFound);
-        }
+        self.require_container(&acct.name, container).await?;
         // Markers are exclusive: the next page starts after the last item of this one. A
         // collapsed prefix's marker sorts after every name under it.
         let mut items = Vec::new();

@@ -382,6 +382,16 @@ impl MetaStore for CachedStore {
             .list_staged_blocks(account, container, blob)
             .await
     }
+    async fn any_staged_block_id(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Option<String>> {
+        self.inner
+            .any_staged_block_id(account, container, blob)
+            .await
+    }
     async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Replaced> {
         self.inner.commit_blob(b, expect).await
     }

@@ -169,6 +169,13 @@ pub trait MetaStore: Send + Sync {
         container: &str,
         blob: &str,
     ) -> Result<Vec<StagedBlock>>;
+    /// The id of one block staged for the blob, if any (they all have one length).
+    async fn any_staged_block_id(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Option<String>>;
     /// Commit a blob and drop every staged block of it, atomically, if the committed version
     /// is what `expect` says and every block of `b` (a part with a block id) is a part of
     /// that version or a block staged for the blob now; else

@@ -1187,6 +1187,24 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn any_staged_block_id(
+        &self,
+        account: &str,
+        container: &str,
+        blob: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT block_id FROM staged_blocks WHERE account = ? AND container = ? AND blob = ? LIMIT 1",
+        )
+        .bind(account)
+        .bind(container)
+        .bind(blob)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(|r| r.get::<String, _>("block_id")))
+    }
+
     async fn commit_blob(&self, b: &BlobRecord, expect: &Expect) -> Result<Replaced> {
         let (done, result) = tokio::sync::oneshot::channel();
         let stopped = || DomainError::Internal("the metadata writer has stopped".into());
@@ -1882,6 +1900,8 @@ mod tests {
             Err(DomainError::ConditionNotMet)
         ));
         assert_eq!(s.list_staged_blocks("acct", "c", "b").await?.len(), 2);
+        assert!(s.any_staged_block_id("acct", "c", "b").await?.is_some());
+        assert!(s.any_staged_block_id("acct", "c", "none").await?.is_none());
         // Resolved again: commits, and gets back both staged blocks it dropped.
         let r = s
             .commit_blob(&version("v1", vec![part("A", "o3")]), &Expect::Absent)
